@@ -1,0 +1,44 @@
+"""multitask_edet: joint detection and semantic segmentation on one EfficientDet trunk.
+
+The public API. Names are resolved lazily so ``import multitask_edet`` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "create_model": "multitask_edet.models.factory",
+    "list_models": "multitask_edet.config",
+    "get_model_config": "multitask_edet.config",
+    "ModelConfig": "multitask_edet.config",
+    "MultiTaskEfficientDet": "multitask_edet.models.model",
+    "register_head": "multitask_edet.models.heads",
+    "register_task": "multitask_edet.tasks.base",
+    "Task": "multitask_edet.tasks.base",
+    "Evaluator": "multitask_edet.tasks.base",
+    "model_info": "multitask_edet.models.info",
+    "DetectionTask": "multitask_edet.tasks.detection",
+    "SegmentationTask": "multitask_edet.tasks.segmentation",
+    "build_dataset": "multitask_edet.datasets",
+    "Trainer": "multitask_edet.engine.trainer",
+    "Experiment": "multitask_edet.experiment",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str):
+    mod = _API.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'multitask_edet' has no attribute {name!r}")
+    return getattr(importlib.import_module(mod), name)
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,17 @@
+"""Errors a user can cause. Each message names the file or key at fault and the fix."""
+
+
+class MtedetError(Exception):
+    """Base class: the CLI prints these as one clear message, without a traceback."""
+
+
+class ConfigError(MtedetError, ValueError):
+    """An unknown config key, a value of the wrong type, an invalid combination."""
+
+
+class DatasetError(MtedetError, ValueError):
+    """A missing dataset root, a corrupt image, a broken annotation file, a bad mask."""
+
+
+class CheckpointError(MtedetError, ValueError):
+    """A checkpoint with missing/unexpected keys or of the wrong model."""
