@@ -131,17 +131,22 @@ class LossWeighting(nn.Module):
         return dict(self.base_weights)
 
     # --- the rule ----------------------------------------------------------------------
+    def _term(self, task: str, loss: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """This task's contribution to the total, and what to log about it."""
+        w = self.weights()[task]
+        return loss * w, {f"weight/{task}": w}
+
     def _combine(self, task_losses, present):
-        w = self.weights()
         total = None
         log: dict[str, float] = {}
         for t, loss in task_losses.items():
-            mult = w[t] if t in present else 0.0
-            term = loss * mult
-            total = term if total is None else total + term
+            term, extra = self._term(t, loss)
             if t in present:
                 log[f"loss/{t}"] = float(loss.detach())
-                log[f"weight/{t}"] = w[t]
+                log.update(extra)
+            else:
+                term = term * 0.0  # keeps the graph connected (DDP), contributes nothing
+            total = term if total is None else total + term
         return total, log
 
 
@@ -176,20 +181,11 @@ class UncertaintyWeighting(LossWeighting):
             for t in self.tasks
         }
 
-    def _combine(self, task_losses, present):
-        total = None
-        log: dict[str, float] = {}
-        for t, loss in task_losses.items():
-            s = self.log_vars[t]
-            term = self.base_weights[t] * self.scale[t] * torch.exp(-s) * loss + 0.5 * s
-            if t not in present:
-                term = term * 0.0  # keeps the graph connected, contributes nothing
-            total = term if total is None else total + term
-            if t in present:
-                log[f"loss/{t}"] = float(loss.detach())
-                log[f"weight/{t}"] = self.base_weights[t] * self.scale[t] * math.exp(-float(s.detach()))
-                log[f"log_var/{t}"] = float(s.detach())
-        return total, log
+    def _term(self, task, loss):
+        s = self.log_vars[task]
+        c = self.base_weights[task] * self.scale[task]
+        term = c * torch.exp(-s) * loss + 0.5 * s
+        return term, {f"weight/{task}": c * math.exp(-float(s.detach())), f"log_var/{task}": float(s.detach())}
 
 
 class DynamicWeightAveraging(LossWeighting):
