@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# No network at run time: any accidental model-hub access must fail at once, not retry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
