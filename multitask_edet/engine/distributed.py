@@ -1,0 +1,205 @@
+"""Multi-process training with PyTorch's own engine (torchrun + DDP), issue 5 item 5.
+
+``torchrun --nproc_per_node=N -m multitask_edet train ...`` sets RANK / WORLD_SIZE /
+LOCAL_RANK / MASTER_ADDR; :func:`init_distributed` reads them (NCCL on GPUs, gloo on CPU).
+Without them everything here degrades to one process. Only rank 0 writes files.
+
+Samplers: :class:`ResumableSampler` is ``DistributedSampler`` semantics (shuffle per epoch
+from ``seed + epoch``, pad to a multiple of the world size, rank ``r`` takes every N-th
+index) plus a start offset, so a run resumed mid-epoch skips exactly the samples it already
+consumed. :class:`ShardSampler` shards evaluation without padding, so no image is counted
+twice; the evaluators' ``sync`` merges the shards.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_dist_info() -> DistInfo:
+    """What torchrun announced in the environment (one process when nothing is set)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def resolve_device(requested: str, info: DistInfo) -> torch.device:
+    """``auto`` → this process's GPU (``cuda:LOCAL_RANK``) when there is one, else the CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            from ..errors import ConfigError
+
+            raise ConfigError("--device cuda was asked for but no GPU is visible; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(device: torch.device, info: DistInfo | None = None) -> DistInfo:
+    """Join the process group torchrun prepared (no-op for a single process)."""
+    info = info or env_dist_info()
+    if info.enabled and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            rank=info.rank,
+            world_size=info.world_size,
+            timeout=datetime.timedelta(minutes=int(os.environ.get("MTEDET_DIST_TIMEOUT_MIN", 30))),
+            **({"device_id": device} if device.type == "cuda" else {}),
+        )
+    return info
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_across_ranks(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is true on any rank (all ranks get the same answer)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = True, find_unused_parameters: bool = False) -> nn.Module:
+    """DDP-wrap ``model`` when distributed. SyncBN only on GPUs: it has no CPU kernel.
+
+    Every task returns losses connected to all of its outputs even when a batch carries none
+    of its targets (tasks/base.py), so ``find_unused_parameters`` is not needed by default.
+    """
+    if world_size() == 1:
+        return model
+    if sync_bn and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=find_unused_parameters
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class ResumableSampler(Sampler[int]):
+    """Per-epoch permutation from ``seed + epoch`` (identical on every rank), padded to a
+    multiple of ``num_replicas``, strided by rank; ``set_epoch(epoch, start)`` skips the first
+    ``start`` indices of this rank's share (the ones consumed before an interruption)."""
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, num_replicas: int | None = None, rank_: int | None = None):
+        if size <= 0:
+            raise ValueError("ResumableSampler needs a non-empty dataset")
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.num_replicas = num_replicas if num_replicas is not None else world_size()
+        self.rank = rank_ if rank_ is not None else rank()
+        self.num_samples = -(-size // self.num_replicas)  # ceil
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = int(epoch)
+        self.start = int(start)
+
+    def indices(self) -> list[int]:
+        """This rank's full share for the current epoch (before skipping)."""
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        total = self.num_samples * self.num_replicas
+        while len(order) < total:  # pad by repeating from the front, like DistributedSampler
+            order += order[: total - len(order)]
+        return order[self.rank : total : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "start": self.start}
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation shard of rank ``r``: indices ``r, r+N, r+2N, ...`` — no padding, so no
+    sample is evaluated twice and the union over ranks is exactly the dataset."""
+
+    def __init__(self, size: int, num_replicas: int | None = None, rank_: int | None = None):
+        self.size = size
+        self.num_replicas = num_replicas if num_replicas is not None else world_size()
+        self.rank = rank_ if rank_ is not None else rank()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.num_replicas))
