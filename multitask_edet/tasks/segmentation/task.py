@@ -14,7 +14,6 @@ from torch import nn
 
 from ...config import SegHeadConfig
 from ...config_utils import from_dict
-from ...datasets.base import normalize_images
 from ...errors import ConfigError
 from ..base import Task, register_task
 from .config import SegLossConfig
@@ -75,6 +74,8 @@ class SegmentationTask(Task):
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
         """Run ``model`` on the batch's uint8 images (with flip TTA if ``flip_test``) and postprocess."""
+        from ...datasets.base import normalize_images  # keeps the dataset adapters out of task imports
+
         device = next(model.parameters()).device
         images = normalize_images(batch["images"], device)
         return scores_to_masks(predict_scores(model, images, self.name, self.flip_test), batch.get("meta"))

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from multitask_edet.tasks.segmentation import SegmentationTask, predict_scores, scores_to_masks
+from multitask_edet.tasks.segmentation.inference import mask_to_original, valid_region
+
+
+def one_hot_logits(labels, num_classes, input_size, top, left, pad_class):
+    """Logits (1, C, H, W) that put ``labels`` at (top, left) and ``pad_class`` everywhere else."""
+    h, w = input_size
+    lab = torch.full((h, w), pad_class, dtype=torch.long)
+    lab[top : top + labels.shape[0], left : left + labels.shape[1]] = labels
+    return (torch.nn.functional.one_hot(lab, num_classes).permute(2, 0, 1).float() * 10)[None]
+
+
+def test_padding_is_removed_at_scale_one():
+    labels = torch.tensor([[0, 1, 1, 2, 2], [0, 0, 1, 2, 1], [2, 2, 2, 0, 0]])
+    logits = one_hot_logits(labels, 4, (8, 8), top=2, left=1, pad_class=3)
+    meta = {"orig_size": (3, 5), "scale": 1.0, "pad": (2, 1)}
+    (mask,) = scores_to_masks(logits, [meta])
+    assert mask.dtype == torch.uint8 and mask.shape == (3, 5)
+    assert torch.equal(mask.long(), labels)
+
+
+def test_downscaled_image_maps_back_to_original_size():
+    # Original 3x4 image resized by 2 → 6x8 valid region at the top-left of a 8x8 input.
+    # Each original pixel is a constant 2x2 block of logits; bilinear resizing by 1/2 with
+    # half-pixel centres samples the block centres, so the labels come back exactly.
+    labels = torch.tensor([[1, 0, 2, 2], [1, 1, 0, 2], [0, 2, 1, 1]])
+    big = labels.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    logits = one_hot_logits(big, 3, (8, 8), top=0, left=0, pad_class=2)
+    meta = {"orig_size": (3, 4), "scale": 2.0, "pad": (0, 0)}
+    (mask,) = scores_to_masks(logits, [meta])
+    assert torch.equal(mask.long(), labels)
+
+
+def test_rounded_valid_region_and_mixed_sizes_in_one_batch():
+    metas = [{"orig_size": (5, 7), "scale": 0.5, "pad": (1, 0)},  # valid 2.5 x 3.5 → 2 x 4 px
+             {"orig_size": (4, 4), "scale": 1.0, "pad": (0, 0)},
+             None]
+    assert valid_region(metas[0], (8, 8)) == (1, 0, round(2.5), round(3.5))
+    logits = torch.randn(3, 5, 8, 8)
+    masks = scores_to_masks(logits, metas)
+    assert [tuple(m.shape) for m in masks] == [(5, 7), (4, 4), (8, 8)]
+    assert torch.equal(masks[1].long(), logits[1, :, :4, :4].argmax(0))
+    assert torch.equal(masks[2].long(), logits[2].argmax(0))
+
+
+def test_same_geometry_images_are_resized_together_with_identical_results():
+    meta = {"orig_size": (10, 6), "scale": 0.8, "pad": (0, 1)}
+    logits = torch.randn(2, 3, 8, 8)
+    together = scores_to_masks(logits, [meta, meta])
+    alone = [scores_to_masks(logits[i : i + 1], [meta])[0] for i in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))
+
+
+def test_mask_to_original_crops_padding():
+    mask = torch.full((6, 6), 255, dtype=torch.long)
+    mask[2:5, 1:3] = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    out = mask_to_original(mask, {"orig_size": (3, 2), "scale": 1.0, "pad": (2, 1)})
+    assert out.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+class PixelModel(torch.nn.Module):
+    """Pointwise logits (flip-equivariant) plus an optional column ramp (not equivariant)."""
+
+    def __init__(self, ramp: bool):
+        super().__init__()
+        self.ramp = ramp
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        a = x[:, 0] * self.w
+        if self.ramp:
+            a = a + torch.linspace(-3, 3, x.shape[-1])
+        return {"seg": torch.stack([a, -a], 1)}
+
+
+def test_flip_tta_averages_mirrored_probabilities():
+    x = torch.randn(2, 3, 4, 6)
+    plain = PixelModel(ramp=False)
+    assert torch.allclose(predict_scores(plain, x, flip=True), predict_scores(plain, x).softmax(1), atol=1e-6)
+    ramp = PixelModel(ramp=True)
+    probs = predict_scores(ramp, torch.zeros(1, 3, 4, 6), flip=True)
+    # with a zero image only the ramp speaks; averaged with its mirror it is 0.5 everywhere
+    assert torch.allclose(probs, torch.full_like(probs, 0.5), atol=1e-6)
+
+
+def test_task_predict_and_postprocess():
+    task = SegmentationTask(flip_test=True)
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    batch = {"images": images, "meta": [{"orig_size": (6, 8), "scale": 1.0, "pad": (1, 0)}] * 2}
+    preds = task.predict(PixelModel(ramp=False), batch)
+    # the model says class 0 where the normalised red channel is > 0, i.e. red > ImageNet mean
+    expected = (images[:, 0, 1:7].float() <= 0.485 * 255).to(torch.uint8)
+    assert torch.equal(torch.stack(preds), expected)
+    logits = torch.randn(2, 3, 8, 8)
+    direct = task.postprocess({"seg": logits}, batch)
+    assert torch.equal(direct[1].long(), logits[1, :, 1:7].argmax(0))

@@ -1,0 +1,112 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multitask_edet.errors import ConfigError
+from multitask_edet.tasks.segmentation import SegLossConfig, SegmentationLoss, SegmentationTask
+
+V = 255
+
+
+def logits_and_masks(b=2, c=4, h=6, w=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, c, h, w, generator=g, requires_grad=True)
+    masks = [torch.randint(0, c, (h, w), generator=g) for _ in range(b)]
+    return logits, masks
+
+
+def test_ce_ignores_void_pixels():
+    logits, masks = logits_and_masks()
+    masks[0][:2] = V
+    masks[1][:, 3:] = V
+    loss = SegmentationLoss()(logits, masks)["seg_ce"]
+    # by hand: mean of -log p(target) over the valid pixels only
+    logp = logits.detach().log_softmax(1)
+    terms = [-logp[i, m[y, x], y, x] for i, m in enumerate(masks)
+             for y in range(6) for x in range(5) if m[y, x] != V]
+    assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    loss.backward()
+    assert logits.grad[0, :, :2].abs().max() == 0  # void pixels get no gradient
+    assert logits.grad[0, :, 2:].abs().max() > 0
+
+
+def test_sample_without_mask_contributes_nothing():
+    logits, masks = logits_and_masks()
+    both = SegmentationLoss()(logits, [masks[0], None])["seg_ce"]
+    alone = SegmentationLoss()(logits[:1], [masks[0]])["seg_ce"]
+    assert both.item() == pytest.approx(alone.item(), rel=1e-6)
+    both.backward()
+    assert logits.grad[1].abs().max() == 0
+
+
+def test_weights_scale_terms():
+    logits, masks = logits_and_masks()
+    one = SegmentationLoss(SegLossConfig(weights={"ce": 1.0}))(logits, masks)["seg_ce"]
+    two = SegmentationLoss(SegLossConfig(weights={"ce": 2.0}))(logits, masks)["seg_ce"]
+    assert two.item() == pytest.approx(2 * one.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("names", [("dice",), ("lovasz",), ("focal",), ("ce", "dice"), ("ce", "dice", "lovasz", "focal")])
+def test_combinations_are_finite_and_positive(names):
+    logits, masks = logits_and_masks()
+    masks[0][0] = V
+    cfg = SegLossConfig(weights={n: 0.5 for n in names})
+    losses = SegmentationLoss(cfg)(logits, masks)
+    assert sorted(losses) == sorted(f"seg_{n}" for n in names)
+    total = sum(losses.values())
+    assert math.isfinite(total.item()) and total.item() > 0
+    total.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("names", [("ce",), ("dice",), ("lovasz",), ("focal",), ("ce", "dice", "lovasz", "focal")])
+def test_all_void_masks_give_zero_finite_loss_and_grads(names):
+    # smp alone returns NaN (focal) or an empty tensor (Lovász) here
+    logits, _ = logits_and_masks()
+    masks = [torch.full((6, 5), V, dtype=torch.long)] * 2
+    losses = SegmentationLoss(SegLossConfig(weights={n: 1.0 for n in names}))(logits, masks)
+    total = sum(losses.values())
+    assert total.dim() == 0 and total.item() == 0.0
+    total.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("masks", [None, [None, None]])
+def test_batch_without_masks_gives_zero_loss_connected_to_logits(masks):
+    logits, _ = logits_and_masks()
+    losses = SegmentationLoss(SegLossConfig(weights={"ce": 1.0, "dice": 1.0}))(logits, masks)
+    assert set(losses) == {"seg_ce", "seg_dice"}
+    total = sum(losses.values())
+    assert total.item() == 0.0 and total.requires_grad
+    total.backward()
+    assert logits.grad is not None and logits.grad.abs().max() == 0
+
+
+def test_masks_larger_than_logits_supervise_upsampled_logits():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    mask = torch.randint(0, 3, (8, 8))
+    got = SegmentationLoss()(logits, [mask])["seg_ce"]
+    up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    assert got.item() == pytest.approx(F.cross_entropy(up, mask[None]).item(), rel=1e-6)
+
+
+def test_unknown_or_empty_loss_config_is_a_config_error():
+    with pytest.raises(ConfigError, match="valid names: ce, dice, lovasz, focal"):
+        SegLossConfig(weights={"ce": 1.0, "tversky": 1.0})
+    with pytest.raises(ConfigError, match="seg.loss.wieghts"):
+        SegmentationTask(loss_cfg={"wieghts": {"ce": 1.0}})
+    with pytest.raises(ConfigError, match="empty"):
+        SegLossConfig(weights={})
+    with pytest.raises(ConfigError, match=">= 0"):
+        SegLossConfig(weights={"ce": -1.0})
+
+
+def test_task_loss_reads_batch_masks():
+    logits, masks = logits_and_masks()
+    task = SegmentationTask(loss_cfg={"weights": {"ce": 1.0, "dice": 0.5}})
+    out = task.loss({"seg": logits}, {"images": torch.zeros(2, 3, 6, 5), "mask": masks})
+    ref = SegmentationLoss(SegLossConfig(weights={"ce": 1.0, "dice": 0.5}))(logits, masks)
+    assert out.keys() == ref.keys()
+    assert all(torch.equal(out[k], ref[k]) for k in out)
