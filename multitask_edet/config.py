@@ -93,3 +93,85 @@ def get_model_config(name: str, **overrides) -> ModelConfig:
 
 def list_models() -> list[str]:
     return MODEL_CONFIGS.names()
+
+
+# --- named variants ------------------------------------------------------------------------
+# Paper Table 1: (backbone B-index, input size, BiFPN width W, BiFPN depth D, head depth).
+_TABLE1 = {
+    "d0": (0, 512, 64, 3, 3),
+    "d1": (1, 640, 88, 4, 3),
+    "d2": (2, 768, 112, 5, 3),
+    "d3": (3, 896, 160, 6, 4),
+    "d4": (4, 1024, 224, 7, 4),
+    "d5": (5, 1280, 288, 7, 4),
+    "d6": (6, 1280, 384, 8, 5),
+    "d7": (6, 1536, 384, 8, 5),
+    "d7x": (7, 1536, 384, 8, 5),
+}
+
+
+def _efficientdet(variant: str, tf: bool) -> ModelConfig:
+    b, size, width, depth, head_depth = _TABLE1[variant]
+    big = variant in ("d6", "d7", "d7x")
+    max_level = 8 if variant == "d7x" else 7
+    prefix = "tf_" if tf else ""
+    return ModelConfig(
+        name=f"{prefix}efficientdet-{variant}",
+        # The reference trains its PyTorch-padded D0 with drop-path 0.1, everything else 0.2.
+        backbone=BackboneConfig(
+            name=f"{prefix}efficientnet_b{b}",
+            drop_path_rate=0.1 if variant == "d0" and not tf else 0.2,
+        ),
+        neck=NeckConfig(
+            channels=width,
+            repeats=depth,
+            # §4.2 / official configs: plain sum for the largest models, "for stability".
+            fusion="sum" if big else "fast",
+            max_level=max_level,
+            padding="same" if tf else "pytorch",
+        ),
+        det=DetHeadConfig(
+            repeats=head_depth,
+            levels=tuple(range(3, max_level + 1)),
+            anchor_scale=5.0 if variant == "d7" else 4.0,
+        ),
+        image_size=(size, size),
+        tasks=("det",),
+    )
+
+
+for _v in _TABLE1:
+    # efficientdet-dN: PyTorch padding (faster, seg maps stay aligned);
+    # tf_efficientdet-dN: TF SAME padding and tf_ backbones, exact for TF-trained weights.
+    register_model_config(_efficientdet(_v, tf=False))
+    register_model_config(_efficientdet(_v, tf=True))
+
+# §5.2: segmentation on the BiFPN's P2 — B4 backbone, BiFPN 128×3 over P2–P7, head 256×3.
+register_model_config(
+    ModelConfig(
+        name="efficientdet-d4-seg",
+        backbone=BackboneConfig(name="efficientnet_b4", drop_path_rate=0.2),
+        neck=NeckConfig(channels=128, repeats=3, fusion="fast", min_level=2, max_level=7),
+        seg=SegHeadConfig(num_classes=21, channels=256, repeats=3, level=2),
+        det=DetHeadConfig(num_classes=20, repeats=3),
+        # The usual VOC crop; the paper's 18B FLOPs correspond to a 640×640 input.
+        image_size=(512, 512),
+        tasks=("seg",),
+    )
+)
+
+# Tiny models for tests and smoke runs: timm's 82k-parameter test_efficientnet backbone.
+_TEST = ModelConfig(
+    name="test-efficientdet",
+    backbone=BackboneConfig(name="test_efficientnet", drop_path_rate=0.0),
+    neck=NeckConfig(channels=16, repeats=2),
+    det=DetHeadConfig(num_classes=5, repeats=2),
+    seg=SegHeadConfig(num_classes=3, channels=16, repeats=1),
+    image_size=(128, 128),
+    tasks=("det",),
+)
+register_model_config(_TEST)
+register_model_config(dataclasses.replace(_TEST, name="test-efficientdet-seg", tasks=("det", "seg")))
+register_model_config(
+    dataclasses.replace(_TEST, name="tf_test-efficientdet", neck=dataclasses.replace(_TEST.neck, padding="same"))
+)

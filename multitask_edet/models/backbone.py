@@ -1,0 +1,151 @@
+"""Backbone: a timm feature extractor → pyramid levels P_min … P_max (paper §4.1, Fig. 3).
+
+Any timm model that supports ``features_only`` works; the levels it provides are read from
+its ``feature_info`` (stride 2**L → level L), never from a table of channel counts. Levels
+above the backbone's coarsest feature (P6, P7, and P8 for D7x) are made by "resampling"
+the level below: a 1×1 conv + BN when its width differs from the BiFPN's, then a 3×3
+stride-2 max-pool — the reference structure, so converted weights map one to one.
+
+Weights are never downloaded: ``weights=PATH`` loads a local timm state dict.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from .layers import resample
+
+
+def _feature_levels(name: str) -> dict[int, int]:
+    """{pyramid level: timm out_index} of every feature the model can return."""
+    if not timm.is_model(name.split(".")[0]):  # "name.pretrained_tag" is valid too
+        raise ConfigError(f"backbone {name!r} is not a timm model; see timm.list_models()")
+    # Built on the meta device: reading feature_info costs no memory and little time.
+    with torch.device("meta"):
+        probe = timm.create_model(name, features_only=True, pretrained=False)
+    levels = {}
+    for i, red in enumerate(probe.feature_info.reduction()):
+        level = int(round(math.log2(red)))
+        if 2**level == red:
+            levels[level] = probe.feature_info.out_indices[i]
+    return levels
+
+
+class Backbone(nn.Module):
+    """``forward(images) → [P_min, …, P_max]`` (fine to coarse); ``levels`` and ``channels`` say what."""
+
+    def __init__(
+        self,
+        name: str,
+        min_level: int,
+        max_level: int,
+        out_channels: int,
+        padding: str = "pytorch",
+        drop_path_rate: float = 0.0,
+        weights: str | None = None,
+    ):
+        super().__init__()
+        available = _feature_levels(name)
+        if min_level not in available:
+            raise ConfigError(
+                f"backbone {name!r} has no stride-{2**min_level} feature for level P{min_level}; "
+                f"its levels are {sorted(available)} — raise min_level or pick another backbone"
+            )
+        top = min_level
+        while top + 1 in available and top + 1 <= max_level:
+            top += 1
+        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        self.body = timm.create_model(
+            name,
+            features_only=True,
+            out_indices=tuple(available[lv] for lv in range(min_level, top + 1)),
+            pretrained=False,
+            **kwargs,
+        )
+        if weights:
+            load_backbone_weights(self.body, weights)
+        channels = list(self.body.feature_info.channels())
+        # Levels above the backbone's top: each made from the one below.
+        self.extra = nn.ModuleList()
+        for level in range(top + 1, max_level + 1):
+            self.extra.append(resample(channels[-1], out_channels, level - 1, level, padding))
+            channels.append(out_channels)
+        self.levels = tuple(range(min_level, max_level + 1))
+        self.channels = tuple(channels)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = list(self.body(x))
+        for m in self.extra:
+            feats.append(m(feats[-1]))
+        return feats
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a torch file (``weights_only=True``: no code runs).
+
+    Training checkpoints that wrap the weights (``{"state_dict": …}``, ``{"model": …}``) are
+    unwrapped, and a DistributedDataParallel ``module.`` prefix is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickled code, unknown format
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    for key in ("model", "state_dict", "state_dict_ema", "model_ema"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def key_report(missing, unexpected, limit: int = 20) -> str:
+    """'missing: a, b …; unexpected: c' for error messages."""
+
+    def fmt(keys):
+        keys = sorted(keys)
+        more = f" … (+{len(keys) - limit} more)" if len(keys) > limit else ""
+        return ", ".join(keys[:limit]) + more
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {fmt(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {fmt(unexpected)}")
+    return "; ".join(parts)
+
+
+def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
+    """Load a timm checkpoint of the full classifier into the feature extractor ``body``.
+
+    Keys of modules that ``features_only`` drops (classifier, last conv) are expected in
+    such a file and skipped; any other mismatch is an error listing the keys.
+    """
+    sd = read_state_dict(path)
+    own = body.state_dict()
+    top_modules = {k.split(".")[0] for k in own}
+    unexpected = [k for k in sd if k not in own and k.split(".")[0] in top_modules]
+    missing = [k for k in own if k not in sd]
+    wrong = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        shapes = f"; wrong shapes: {', '.join(wrong[:10])}" if wrong else ""
+        raise CheckpointError(
+            f"backbone weights {path} do not fit {type(body).__name__}: "
+            f"{key_report(missing, unexpected)}{shapes} — is it a checkpoint of this backbone?"
+        )
+    body.load_state_dict({k: sd[k] for k in own})

@@ -1,0 +1,161 @@
+"""``create_model``: a named variant (or a ModelConfig) + tasks → a ready MultiTaskEfficientDet.
+
+The trunk's levels follow from the heads attached (§5.2): detection alone needs P3–P7,
+adding the segmentation head (P2) extends the BiFPN down to P2; a custom head on other
+levels moves ``min_level`` accordingly, unless ``neck.min_level`` fixes it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig, get_model_config
+from ..config_utils import merge
+from ..errors import CheckpointError, ConfigError
+from .backbone import Backbone, key_report, read_state_dict
+from .bifpn import BiFPN
+from .heads import HEADS, build_head
+from .model import MultiTaskEfficientDet
+
+BUILTIN_TASKS = ("det", "seg")
+
+
+def resolve_config(name_or_cfg: str | ModelConfig, **overrides) -> ModelConfig:
+    """The config of a named variant (or a given one) with validated nested overrides.
+
+    Shortcuts: ``backbone_weights=PATH`` (= ``backbone={"weights": PATH}``) and
+    ``num_classes=N`` for the one built-in task of the config (else it is ambiguous).
+    """
+    if isinstance(name_or_cfg, ModelConfig):
+        cfg = name_or_cfg
+    else:
+        try:
+            cfg = get_model_config(name_or_cfg)
+        except KeyError as e:
+            raise ConfigError(e.args[0]) from None
+    overrides = dict(overrides)
+    if "backbone_weights" in overrides:
+        overrides.setdefault("backbone", {})
+        overrides["backbone"] = {**overrides["backbone"], "weights": overrides.pop("backbone_weights")}
+    if "num_classes" in overrides:
+        n = overrides.pop("num_classes")
+        tasks = overrides.get("tasks", cfg.tasks)
+        builtin = [t for t in tasks if t in BUILTIN_TASKS]
+        if len(builtin) != 1:
+            raise ConfigError(
+                f"num_classes={n} is ambiguous for tasks {tuple(tasks)}; "
+                'pass det={"num_classes": …} and/or seg={"num_classes": …}'
+            )
+        overrides[builtin[0]] = {**overrides.get(builtin[0], {}), "num_classes": n}
+    return merge(cfg, overrides) if overrides else cfg
+
+
+def _builtin_head(task: str, cfg: ModelConfig) -> nn.Module:
+    width, padding = cfg.neck.channels, cfg.neck.padding
+    if task == "det":
+        d = cfg.det
+        return build_head(
+            "det",
+            width,
+            num_classes=d.num_classes,
+            num_anchors=d.num_anchors,
+            repeats=d.repeats,
+            levels=d.levels,
+            padding=padding,
+            prior_prob=d.prior_prob,
+        )
+    if task == "seg":
+        s = cfg.seg
+        return build_head(
+            "seg", width, num_classes=s.num_classes, channels=s.channels, repeats=s.repeats, level=s.level, padding=padding
+        )
+    if task in HEADS:
+        return build_head(task, width)
+    raise ConfigError(
+        f"unknown task {task!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}; registered heads: {', '.join(HEADS.names())} "
+        "(or pass a module via extra_heads)"
+    )
+
+
+def _extra_head(name: str, spec: Any, width: int) -> nn.Module:
+    """``extra_heads`` value: a module, a registered head name, or ``{"head": name, **kwargs}``."""
+    if isinstance(spec, nn.Module):
+        if not getattr(spec, "levels", None):
+            raise ConfigError(f"extra head {name!r} must have a `levels` attribute (tuple of pyramid levels)")
+        return spec
+    if isinstance(spec, str):
+        return build_head(spec, width)
+    if isinstance(spec, Mapping) and "head" in spec:
+        kwargs = {k: v for k, v in spec.items() if k != "head"}
+        return build_head(spec["head"], width, **kwargs)
+    raise ConfigError(
+        f"extra_heads[{name!r}] must be an nn.Module, a registered head name or "
+        f'{{"head": name, **kwargs}}; got {spec!r}'
+    )
+
+
+def create_model(
+    name_or_cfg: str | ModelConfig,
+    tasks: tuple[str, ...] | list[str] | str | None = None,
+    checkpoint: str | Path | None = None,
+    extra_heads: Mapping[str, Any] | None = None,
+    **overrides,
+) -> MultiTaskEfficientDet:
+    """Build a model. ``tasks`` defaults to the config's; ``checkpoint`` loads our safetensors/
+    .pth weights or an effdet state dict (converted on the fly)."""
+    if isinstance(tasks, str):
+        tasks = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    if tasks is not None:
+        overrides["tasks"] = tuple(tasks)
+    cfg = resolve_config(name_or_cfg, **overrides)
+    width = cfg.neck.channels
+
+    heads: dict[str, nn.Module] = {t: _builtin_head(t, cfg) for t in cfg.tasks}
+    for name, spec in (extra_heads or {}).items():
+        if name in heads:
+            raise ConfigError(f"extra head {name!r} clashes with the task of the same name")
+        heads[name] = _extra_head(name, spec, width)
+    if not heads:
+        raise ConfigError("a model needs at least one head: pass tasks=('det',) or extra_heads")
+
+    min_level = cfg.neck.min_level
+    if min_level is None:
+        min_level = min(min(h.levels) for h in heads.values())
+    max_level = cfg.neck.max_level
+    if min_level > max_level:
+        raise ConfigError(f"neck.min_level {min_level} is above neck.max_level {max_level}")
+    cfg = dataclasses.replace(cfg, neck=dataclasses.replace(cfg.neck, min_level=min_level))
+
+    b = cfg.backbone
+    backbone = Backbone(b.name, min_level, max_level, width, cfg.neck.padding, b.drop_path_rate, b.weights)
+    n = cfg.neck
+    neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
+    model = MultiTaskEfficientDet(backbone, neck, heads, config=cfg)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load weights saved by us (safetensors / torch) or an effdet state dict, strictly."""
+    sd = read_state_dict(path)
+    from ..compat.effdet import convert_effdet_state_dict, is_effdet_state_dict
+
+    if is_effdet_state_dict(sd):
+        sd = convert_effdet_state_dict(sd, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        shapes = f"; shape mismatches (checkpoint vs model): {', '.join(wrong[:10])}" if wrong else ""
+        raise CheckpointError(
+            f"checkpoint {path} does not fit model {getattr(model.config, 'name', '?')} "
+            f"with heads {list(model.heads)}: {key_report(missing, unexpected)}{shapes}"
+        )
+    with torch.no_grad():
+        model.load_state_dict(sd)

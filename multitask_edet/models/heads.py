@@ -1,0 +1,135 @@
+"""Heads that read pyramid levels: detection (paper §3.3, Fig. 3), segmentation (§5.2), yours.
+
+A head is an ``nn.Module`` with a ``levels`` tuple (the pyramid levels it reads) whose
+``forward`` takes the list of those levels' feature maps, in order, and returns whatever
+its task's loss and post-processing expect. Register a new one with ``@register_head(name)``
+and attach it with ``create_model(..., extra_heads={"task": "name"})`` — no library edit.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .layers import ConvBn, SeparableConv2d, batch_norm, init_conv_tf
+
+HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
+
+
+def register_head(name: str, cls: Callable[..., nn.Module] | None = None, *, override: bool = False):
+    """Register a head class (or factory) taking ``in_channels`` plus keyword arguments."""
+    return HEADS.register(name, cls, override=override)
+
+
+def build_head(name: str, in_channels: int, **kwargs) -> nn.Module:
+    try:
+        factory = HEADS.get(name)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    head = factory(in_channels=in_channels, **kwargs)
+    levels = getattr(head, "levels", None)
+    if not levels or not all(isinstance(lv, int) for lv in levels):
+        raise ConfigError(f"head {name!r} must set `levels`, a tuple of the pyramid levels it reads")
+    return head
+
+
+class HeadNet(nn.Module):
+    """Separable convs shared by all levels, one BN per level and repeat, then a prediction conv.
+
+    BNs are stored level first (``bns[level][repeat]``) so the loop over levels is plain
+    iteration (torch.compile / TorchScript friendly).
+    """
+
+    def __init__(self, channels: int, out_channels: int, repeats: int, num_levels: int, padding: str):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            SeparableConv2d(channels, channels, 3, padding=padding, norm=False) for _ in range(repeats)
+        )
+        self.bns = nn.ModuleList(
+            nn.ModuleList(batch_norm(channels) for _ in range(repeats)) for _ in range(num_levels)
+        )
+        self.act = nn.SiLU(inplace=True)
+        self.predict = SeparableConv2d(channels, out_channels, 3, padding=padding, bias=True, norm=False)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                init_conv_tf(m, "fan_in")
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        outs = []
+        for x, bns in zip(feats, self.bns):
+            for conv, bn in zip(self.convs, bns):
+                x = self.act(bn(conv(x)))
+            outs.append(self.predict(x))
+        return outs
+
+
+@register_head("det")
+class DetectionHead(nn.Module):
+    """EfficientDet class and box nets → ``{"cls": [(B, A·C, h, w)], "box": [(B, A·4, h, w)]}``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int = 90,
+        num_anchors: int = 9,
+        repeats: int = 3,
+        levels: Sequence[int] = (3, 4, 5, 6, 7),
+        padding: str = "pytorch",
+        prior_prob: float = 0.01,
+    ):
+        super().__init__()
+        self.levels = tuple(levels)
+        self.num_classes = num_classes
+        self.num_anchors = num_anchors
+        n = len(self.levels)
+        self.cls_net = HeadNet(in_channels, num_anchors * num_classes, repeats, n, padding)
+        self.box_net = HeadNet(in_channels, num_anchors * 4, repeats, n, padding)
+        # Focal-loss prior (RetinaNet §4.1): every anchor starts at p = prior_prob foreground.
+        nn.init.constant_(self.cls_net.predict.conv_pw.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, feats: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        return {"cls": self.cls_net(feats), "box": self.box_net(feats)}
+
+
+@register_head("seg")
+class SegmentationHead(nn.Module):
+    """Per-pixel classifier on one level (P2), logits upsampled bilinearly to the input size.
+
+    ``repeats`` × (separable 3×3 conv → BN → SiLU) at ``channels`` (the input is projected by
+    1×1 conv + BN + SiLU when its width differs), then a 1×1 classifier.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int = 21,
+        channels: int | None = None,
+        repeats: int = 3,
+        level: int = 2,
+        padding: str = "pytorch",
+    ):
+        super().__init__()
+        channels = channels or in_channels
+        self.levels = (level,)
+        self.num_classes = num_classes
+        self.scale = float(2**level)
+        layers: list[nn.Module] = []
+        if channels != in_channels:
+            layers += [ConvBn(in_channels, channels), nn.SiLU(inplace=True)]
+        layers += [
+            SeparableConv2d(channels, channels, 3, padding=padding, norm=True, act=True) for _ in range(repeats)
+        ]
+        self.convs = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                init_conv_tf(m, "fan_in")
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        logits = self.classifier(self.convs(feats[0]))
+        return F.interpolate(logits, scale_factor=self.scale, mode="bilinear", align_corners=False)

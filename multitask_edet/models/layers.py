@@ -1,0 +1,126 @@
+"""Building blocks shared by the backbone's extra levels, the BiFPN and the heads (paper §3.3, §4.1).
+
+The paper's blocks are depthwise-separable 3×3 convolutions followed by batch norm
+(eps 1e-3, momentum 0.01 in PyTorch's convention = TF decay 0.99) and swish/SiLU.
+Padding comes in two styles: ``"pytorch"`` (symmetric, fast) and ``"same"`` (TensorFlow's
+asymmetric SAME, needed to reproduce TF-trained weights bit for bit). timm's
+``create_conv2d`` / ``create_pool2d`` implement both, so we use them rather than our own.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from timm.layers import create_conv2d, create_pool2d
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+#: our padding style → timm's padding argument
+_TIMM_PADDING = {"pytorch": "", "same": "same"}
+
+
+def timm_padding(padding: str) -> str:
+    try:
+        return _TIMM_PADDING[padding]
+    except KeyError:
+        raise ValueError(f"padding must be one of {sorted(_TIMM_PADDING)}, got {padding!r}") from None
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class SeparableConv2d(nn.Sequential):
+    """Depthwise k×k conv → pointwise 1×1 conv (→ BN when ``norm``) (→ SiLU when ``act``)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        padding: str = "pytorch",
+        bias: bool = False,
+        norm: bool = True,
+        act: bool = False,
+    ):
+        super().__init__()
+        pad = timm_padding(padding)
+        self.conv_dw = create_conv2d(in_channels, in_channels, kernel_size, padding=pad, depthwise=True)
+        self.conv_pw = create_conv2d(in_channels, out_channels, 1, padding=pad, bias=bias)
+        # Absent modules are left out (not Identity) so the state dict names only real weights.
+        if norm:
+            self.bn = batch_norm(out_channels)
+        if act:
+            self.act = nn.SiLU(inplace=True)
+
+
+class ConvBn(nn.Sequential):
+    """1×1 conv + BN: projects a feature map to another width (no activation, as in the paper)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn = batch_norm(out_channels)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling by an integer power-of-two factor."""
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, scale_factor=self.factor, mode="nearest")
+
+    def extra_repr(self) -> str:
+        return f"factor={int(self.factor)}"
+
+
+def downsample(factor: int, padding: str = "pytorch") -> nn.Module:
+    """Max-pool with stride ``factor`` and kernel ``factor + 1`` (3×3/2 for one level down)."""
+    return create_pool2d("max", kernel_size=factor + 1, stride=factor, padding=timm_padding(padding))
+
+
+def resample(in_channels: int, out_channels: int, level_in: int, level_out: int, padding: str) -> nn.Module:
+    """Bring a feature map from ``level_in`` to ``level_out`` at ``out_channels``.
+
+    Projection first, then resizing (the reference order: the 1×1 conv runs at the input's
+    resolution), so converted weights give the same numbers.
+    """
+    parts: dict[str, nn.Module] = {}
+    if in_channels != out_channels:
+        parts["proj"] = ConvBn(in_channels, out_channels)
+    if level_out > level_in:
+        parts["down"] = downsample(2 ** (level_out - level_in), padding)
+    elif level_out < level_in:
+        parts["up"] = Upsample(2 ** (level_in - level_out))
+    # A Sequential even for one part keeps stable state-dict names ("proj.conv.weight").
+    return nn.Sequential(OrderedDict(parts)) if parts else nn.Identity()
+
+
+def _fans(weight: torch.Tensor, groups: int) -> tuple[int, int]:
+    receptive = weight[0][0].numel() if weight.dim() > 2 else 1
+    return weight.shape[1] * receptive, weight.shape[0] * receptive // groups
+
+
+@torch.no_grad()
+def init_conv_tf(conv: nn.Conv2d, mode: str) -> None:
+    """TF EfficientDet initialisers (fan of a depthwise conv counted per group, as TF does).
+
+    ``mode="glorot"``: uniform Glorot (BiFPN); ``"fan_in"``: normal with variance 1/fan_in
+    (heads). torch.nn.init counts a depthwise conv's fan-out over all groups, hence this helper.
+    """
+    fan_in, fan_out = _fans(conv.weight, conv.groups)
+    if mode == "glorot":
+        limit = math.sqrt(3.0 / max(1.0, (fan_in + fan_out) / 2.0))
+        conv.weight.uniform_(-limit, limit)
+    elif mode == "fan_in":
+        conv.weight.normal_(0.0, math.sqrt(1.0 / max(1.0, fan_in)))
+    else:
+        raise ValueError(f"unknown init mode {mode!r}")
+    if conv.bias is not None:
+        conv.bias.zero_()
