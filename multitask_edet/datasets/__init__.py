@@ -1,0 +1,122 @@
+"""Dataset adapters by name: ``build_dataset("voc2012", root, "train_aug", ("seg",))``.
+
+Built-in names: ``coco`` (COCO 2017), ``voc2012``, ``voc2007``, ``voc0712`` (07+12
+detection), ``shapes`` (the built-in synthetic sample, generated on first use) and
+``coco-format`` (any COCO-format dataset: ``ann_file=`` + ``img_dir=``). Each returns a
+torch Dataset with ``class_names``, ``cat_ids``, ``image_ids``, ``det_gt()`` and
+``load_sample(i)`` (see dataset.py); its samples follow the schema of base.py.
+
+A user's own adapter plugs in with ``register_dataset(name, builder, adapter=Class)``: the
+builder is called as ``builder(root, split, tasks, transform, **options)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .base import collate, normalize_images
+from .coco import CocoDataset, build_coco, build_coco_format
+from .dataset import DetSegDataset
+from .sample import build_shapes, write_shapes
+from .voc import VOC_CLASSES, VocDataset, build_voc0712, build_voc2007, build_voc2012
+
+DATA_ENV = "MTEDET_DATA"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    builder: Callable[..., DetSegDataset]
+    #: the adapter class whose keyword options the builder forwards (for option validation)
+    adapter: type | None = None
+
+    def valid_options(self) -> list[str]:
+        names = set()
+        for fn in (self.builder, self.adapter.__init__ if self.adapter else None):
+            if fn is None:
+                continue
+            for p in inspect.signature(fn).parameters.values():
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    names.add(p.name)
+        return sorted(names - {"self", "root", "split", "tasks", "transform", "items", "name"})
+
+    def accepts_any(self) -> bool:
+        """A builder with ``**options`` and no adapter declared takes anything."""
+        params = inspect.signature(self.builder).parameters.values()
+        return self.adapter is None and any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset")
+
+
+def register_dataset(
+    name: str, builder: Callable[..., DetSegDataset], *, adapter: type | None = None, override: bool = False
+) -> Callable[..., DetSegDataset]:
+    DATASETS.register(name, DatasetEntry(builder, adapter), override=override)
+    return builder
+
+
+def default_data_root() -> Path:
+    """$MTEDET_DATA, else ./data."""
+    return Path(os.environ.get(DATA_ENV) or "data")
+
+
+def build_dataset(
+    name: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    tasks: str | Sequence[str] = ("det",),
+    transform: Callable[..., dict[str, Any]] | None = None,
+    **options: Any,
+) -> DetSegDataset:
+    """Build a registered dataset.
+
+    Args:
+        name: coco | voc2012 | voc2007 | voc0712 | shapes | coco-format | a registered name.
+        root: data root (default ``$MTEDET_DATA``, then ``./data``; shapes: its cache).
+        split: train, val, trainval, test, train_aug (voc2012 seg) ...
+        tasks: which annotations to load ("det", "seg" or both; ``"det,seg"`` accepted).
+        transform: ``transforms.train_transforms(...)`` / ``eval_transforms(...)`` or None (raw).
+        options: adapter options, e.g. on_error="skip", difficult="drop", voc_classes=True,
+            drop_empty=True, ann_file=..., img_dir=...; an unknown one is a ConfigError.
+    """
+    try:
+        entry = DATASETS.get(name)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    if not entry.accepts_any():
+        valid = entry.valid_options()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"dataset {name!r}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}"
+            )
+    if root is None and name != "shapes":
+        root = default_data_root()
+    return entry.builder(root, split, tasks, transform, **options)
+
+
+register_dataset("coco", build_coco, adapter=CocoDataset)
+register_dataset("coco-format", build_coco_format, adapter=CocoDataset)
+register_dataset("voc2012", build_voc2012, adapter=VocDataset)
+register_dataset("voc2007", build_voc2007, adapter=VocDataset)
+register_dataset("shapes", build_shapes, adapter=VocDataset)
+register_dataset("voc0712", build_voc0712, adapter=VocDataset)
+
+__all__ = [
+    "DATASETS",
+    "CocoDataset",
+    "DetSegDataset",
+    "VOC_CLASSES",
+    "VocDataset",
+    "build_dataset",
+    "collate",
+    "default_data_root",
+    "normalize_images",
+    "register_dataset",
+    "write_shapes",
+]

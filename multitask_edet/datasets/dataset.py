@@ -1,0 +1,158 @@
+"""What every dataset adapter shares: task selection, on_error handling, seeding, COCO-format GT.
+
+An adapter (coco.py, voc.py) implements ``_load(i)`` — the raw sample of datasets/base.py —
+and ``file_name(i)``; this base class adds the torch ``Dataset`` behaviour:
+
+- ``__getitem__`` = ``load_sample`` + transform, with a per-sample seed derived from
+  (seed, epoch, index), so augmentation is reproducible for any number of DataLoader workers
+  and a resumed run sees the same crops as an uninterrupted one (call ``set_epoch``).
+- ``on_error="skip"``: a sample that raises ``DatasetError`` is replaced by the next valid
+  index (deterministic), recorded in ``dataset.skipped`` (file + reason) and on the
+  replacement sample (raw key ``skipped``, moved to ``meta["skipped"]`` by the transforms)
+  so that a trainer running DataLoader workers can list it too. Never silently dropped.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+
+from ..errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_TASKS = ("det", "seg")
+ON_ERROR = ("raise", "skip")
+
+
+def normalize_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
+    """``"det,seg"`` or a sequence → the subset of det/seg an adapter can supply, in that order.
+
+    Other task names (a user's custom task that reads det/seg keys) are accepted and ignored.
+    """
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    out = tuple(t for t in SUPPORTED_TASKS if t in names)
+    if not out:
+        raise ConfigError(
+            f"tasks {names!r}: a dataset adapter supplies annotations for {list(SUPPORTED_TASKS)}; "
+            "ask for at least one of them"
+        )
+    return out
+
+
+def coco_from_dict(data: dict[str, Any]) -> COCO:
+    """A pycocotools COCO object from an in-memory dataset dict (without its stdout chatter)."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class DetSegDataset(torch.utils.data.Dataset):
+    """Base of the adapters. Subclasses set ``class_names``, ``cat_ids``, ``image_ids``."""
+
+    #: task → class names (det: no background; seg: index 0 = background)
+    class_names: dict[str, list[str]]
+    #: det contiguous label → dataset-native category id
+    cat_ids: list[int]
+    #: per index, the int image id used in samples and in ``det_gt()``
+    image_ids: list[int]
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        tasks: str | Sequence[str],
+        transform: Callable[..., dict[str, Any]] | None = None,
+        on_error: str = "raise",
+        seed: int = 0,
+    ):
+        if on_error not in ON_ERROR:
+            raise ConfigError(f"on_error={on_error!r}; valid values: {', '.join(ON_ERROR)}")
+        self.name = name
+        self.tasks = normalize_tasks(tasks)
+        self.transform = transform
+        self.on_error = on_error
+        self.seed = seed
+        self.epoch = 0
+        self._skipped: dict[int, dict[str, Any]] = {}
+
+    # ----------------------------------------------------------------- subclass API
+    def _load(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def file_name(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _det_gt_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- public API
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, tasks={self.tasks}, images={len(self)})"
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        """Samples replaced because of ``on_error="skip"``: dicts of index, file, reason."""
+        return [self._skipped[i] for i in sorted(self._skipped)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the augmentation seeds; call before each epoch (non-persistent workers)."""
+        self.epoch = int(epoch)
+
+    def load_sample(self, index: int) -> dict[str, Any]:
+        """The raw sample (datasets/base.py schema), without transform; errors always raise."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self!r}")
+        return self._load(index % len(self))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        sample = self._load_or_replace(index)
+        if self.transform is not None:
+            seed = None if self.seed is None else sample_seed(self.seed, self.epoch, index)
+            sample = self.transform(sample, seed=seed)
+        return sample
+
+    def det_gt(self) -> COCO:
+        """pycocotools COCO of the split's detection GT (native category ids)."""
+        if "det" not in self.tasks:
+            raise ConfigError(f"{self!r} was built without the 'det' task; it has no detection GT")
+        return coco_from_dict(self._det_gt_dict())
+
+    # ----------------------------------------------------------------- internals
+    def _load_or_replace(self, index: int) -> dict[str, Any]:
+        n = len(self)
+        if self.on_error == "raise":
+            return self.load_sample(index)
+        replaced: list[dict[str, Any]] = []
+        for step in range(n):
+            j = (index + step) % n
+            if j in self._skipped:
+                replaced.append(self._skipped[j])
+                continue
+            try:
+                sample = self._load(j)
+            except DatasetError as e:
+                entry = {"index": j, "file": self.file_name(j), "reason": str(e)}
+                self._skipped[j] = entry
+                log.warning("skipping %s: %s", entry["file"], entry["reason"])
+                replaced.append(entry)
+                continue
+            if replaced:
+                sample["skipped"] = replaced
+            return sample
+        raise DatasetError(f"{self!r}: every sample failed to load; first problem: {replaced[0]['reason']}")
