@@ -125,20 +125,23 @@ def any_across_ranks(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = True, find_unused_parameters: bool = False) -> nn.Module:
-    """DDP-wrap ``model`` when distributed. SyncBN only on GPUs: it has no CPU kernel.
+def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
+    """SyncBatchNorm under DDP on GPUs (it has no CPU kernel, so CPU runs keep plain BN)."""
+    if world_size() > 1 and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def wrap_model(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """DDP-wrap ``model`` when distributed.
 
     Every task returns losses connected to all of its outputs even when a batch carries none
     of its targets (tasks/base.py), so ``find_unused_parameters`` is not needed by default.
     """
     if world_size() == 1:
         return model
-    if sync_bn and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=ids, find_unused_parameters=find_unused_parameters
-    )
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -203,3 +206,79 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.size, self.num_replicas))
+
+
+class ResumableLoader:
+    """A DataLoader per epoch, positioned at any batch of it.
+
+    ``iterate(epoch, start_batch)`` re-seeds the dataset's augmentation for ``epoch``
+    (``set_epoch``), positions the sampler, and yields the remaining batches. The loader's
+    own generator is seeded from (seed, epoch), so creating it never draws from the global
+    RNG — a resumed run's global RNG stream stays identical to an uninterrupted one's.
+
+    ``batch_sampler``: a sampler of index lists with ``set_epoch``/``set_start`` (e.g.
+    datasets.mixed.MixedBatchSampler); otherwise batches of ``batch_size`` are drawn from a
+    :class:`ResumableSampler`.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        *,
+        collate_fn,
+        seed: int = 0,
+        workers: int = 0,
+        shuffle: bool = True,
+        batch_sampler=None,
+        pin_memory: bool = False,
+    ):
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.collate_fn = collate_fn
+        self.seed = int(seed)
+        self.workers = int(workers)
+        self.pin_memory = pin_memory
+        self.batch_sampler = batch_sampler
+        self.sampler = None
+        if batch_sampler is None:
+            self.sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed)
+            # keep full batches (BatchNorm statistics) unless the shard is smaller than one batch
+            self.drop_last = self.sampler.num_samples >= self.batch_size
+            n = self.sampler.num_samples
+            self._batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        else:
+            self._batches = len(batch_sampler) + getattr(batch_sampler, "start", 0)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (equal on every rank)."""
+        return self._batches
+
+    def _set_dataset_epoch(self, epoch: int) -> None:
+        for ds in getattr(self.dataset, "sources", None) or [self.dataset]:
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+
+    def iterate(self, epoch: int, start_batch: int = 0):
+        from torch.utils.data import BatchSampler, DataLoader
+
+        self._set_dataset_epoch(epoch)
+        if self.batch_sampler is not None:
+            self.batch_sampler.set_epoch(epoch)
+            self.batch_sampler.set_start(start_batch)
+            batches = self.batch_sampler
+        else:
+            self.sampler.set_epoch(epoch, start=start_batch * self.batch_size)
+            batches = BatchSampler(self.sampler, self.batch_size, drop_last=self.drop_last)
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1000003 + epoch)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            collate_fn=self.collate_fn,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            generator=g,
+            persistent_workers=False,
+        )
+        return iter(loader)

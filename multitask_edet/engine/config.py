@@ -1,0 +1,330 @@
+"""The experiment config: model + tasks + data + training recipe + output (issue 5 items 1–2).
+
+One typed dataclass tree, built from a recipe YAML (``multitask_edet/configs/*.yaml``, or
+any file), then the CLI's flags, then ``--set a.b=c`` overrides — every layer validated
+strictly (an unknown key is an error naming the valid ones). The resolved config is saved
+as ``config.yaml`` in the run folder and inside every checkpoint, so evaluation, prediction
+and export rebuild the same model from a checkpoint alone.
+
+Recipe defaults are the paper's (§5.1, FACTS.md §3): SGD momentum 0.9, weight decay 4e-5
+(none on BN and biases), linear warm-up for one epoch then cosine, lr 0.16 at a global batch
+of 128 (scaled linearly with the actual global batch), EMA decay 0.9998, gradient clipping.
+
+A recipe may start with ``base: OTHER_RECIPE`` (a name or a path, or a list of them): the
+base is loaded first and the recipe's own keys are merged over it, so the D0–D7x recipes
+differ only in what differs.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from ..config_utils import from_dict, load_yaml, parse_overrides, to_dict
+from ..errors import ConfigError
+from ..tasks.detection.config import DetEvalConfig, DetLossConfig, DetPostprocessConfig
+from ..tasks.segmentation.config import SegLossConfig
+
+
+
+@dataclass
+class ModelSpec:
+    #: a named variant (``mtedet info``/``list_models()``): efficientdet-d0 … d7x, efficientdet-d4-seg
+    name: str = "efficientdet-d0"
+    #: initial weights: our checkpoint/safetensors or an effdet state dict (converted on load)
+    checkpoint: str | None = None
+    #: (H, W) network input; None = the variant's native size. Multiple of 2**max_level.
+    image_size: tuple[int, int] | None = None
+    #: overrides of the variant's BackboneConfig / NeckConfig / DetHeadConfig / SegHeadConfig
+    #: fields (validated against them); num_classes defaults to the dataset's class count
+    backbone: dict[str, Any] = field(default_factory=dict)
+    neck: dict[str, Any] = field(default_factory=dict)
+    det: dict[str, Any] = field(default_factory=dict)
+    seg: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool = False
+
+
+@dataclass
+class DataConfig:
+    #: coco | voc2012 | voc2007 | voc0712 | shapes | a registered name; "A+B" = one dataset per
+    #: task in --task order (mixed-dataset training, e.g. coco+voc2012 for det,seg)
+    dataset: str = "coco"
+    #: data root; None = $MTEDET_DATA, then ./data
+    root: str | None = None
+    #: None = the dataset's default: "train" (seg on voc2012: train_aug when SBD is present)
+    train_split: str | None = None
+    val_split: str = "val"
+    #: DataLoader worker processes per training process
+    workers: int = 4
+    #: a sample that fails to load: stop with its file and the reason, or skip it (listed at the end)
+    on_error: Literal["raise", "skip"] = "raise"
+    #: scale jitter of the fit-to-input scale; None = [0.1, 2.0] with det, [0.5, 2.0] seg-only
+    scale_range: tuple[float, float] | None = None
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    #: mixed datasets: relative number of batches per task (missing tasks weigh 1)
+    mix_ratio: dict[str, float] = field(default_factory=dict)
+    #: extra keyword options of the dataset adapter (e.g. difficult: drop, sbd_root: PATH)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    #: stop after this many optimizer iterations (None = epochs × iterations per epoch)
+    max_steps: int | None = None
+    #: images per process per step; the global batch is batch_size × number of processes
+    batch_size: int = 8
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    #: learning rate at ``base_batch`` images per step; scaled linearly with the global batch
+    base_lr: float = 0.16
+    base_batch: int = 128
+    #: fixed learning rate (disables the batch scaling)
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    #: no weight decay on normalisation weights and biases
+    no_decay_bn_bias: bool = True
+    warmup_epochs: float = 1.0
+    #: warm-up starts at lr × warmup_factor (linear to lr)
+    warmup_factor: float = 0.001
+    #: cosine ends at lr × min_lr_factor
+    min_lr_factor: float = 0.0
+    #: max global L2 norm of the gradients (None or 0 = no clipping)
+    clip_grad_norm: float | None = 10.0
+    ema: bool = True
+    ema_decay: float = 0.9998
+    #: EMA decay ramps up from 0 (timm ModelEmaV3 warm-up) so short runs get a useful EMA
+    ema_warmup: bool = True
+    #: auto = bf16 on GPUs that support it (else fp16), fp32 on CPU; fp32 = no autocast
+    amp: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 42
+    #: auto = the GPU of this process (cuda:LOCAL_RANK) when there is one, else cpu
+    device: str = "auto"
+    #: SyncBatchNorm under DDP (GPU only: it has no CPU kernel)
+    sync_bn: bool = True
+    #: DDP option; not needed for the built-in tasks (their losses touch every output)
+    find_unused_parameters: bool = False
+    #: non-finite losses in a row after which the run stops (with a checkpoint)
+    max_nonfinite: int = 20
+    #: also write last.pt every N steps (0 = at evaluations, epoch ends and exit only)
+    checkpoint_every_steps: int = 0
+    #: multi-task: fixed | uncertainty | dwa; per-task weights; options of the weighting rule
+    loss_weighting: Literal["fixed", "uncertainty", "dwa"] = "fixed"
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    loss_weighting_options: dict[str, Any] = field(default_factory=dict)
+    #: parts to freeze (backbone, neck, a task name, or a module path)
+    freeze: list[str] = field(default_factory=list)
+    #: per-part learning-rate multipliers, e.g. {backbone: 0.1}
+    lr_mult: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    #: evaluate every N epochs (0 = only at the end)
+    every_epochs: int = 1
+    #: also evaluate every N steps (0 = off)
+    every_steps: int = 0
+    #: images per process; None = the training batch size
+    batch_size: int | None = None
+    #: evaluate (and pick best.pt by) the EMA weights when EMA is on
+    use_ema: bool = True
+    #: evaluate only the first N images of the split (None = all; for quick checks)
+    max_images: int | None = None
+
+
+@dataclass
+class LogConfig:
+    #: metrics.jsonl / TensorBoard / log line every N steps
+    every_steps: int = 20
+    tensorboard: bool = True
+    #: auto = a tqdm bar on a terminal, plain log lines otherwise
+    progress: Literal["auto", "bar", "plain", "none"] = "auto"
+
+
+@dataclass
+class DetTaskOptions:
+    loss: DetLossConfig = field(default_factory=DetLossConfig)
+    postprocess: DetPostprocessConfig = field(default_factory=DetPostprocessConfig)
+    eval: DetEvalConfig = field(default_factory=DetEvalConfig)
+
+
+@dataclass
+class SegTaskOptions:
+    loss: SegLossConfig = field(default_factory=SegLossConfig)
+    #: horizontal-flip test-time augmentation at evaluation/prediction
+    flip_test: bool = False
+
+
+@dataclass
+class ExperimentConfig:
+    #: tasks trained together on the shared trunk: det, seg, or a registered task
+    tasks: tuple[str, ...] = ("det",)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    det: DetTaskOptions = field(default_factory=DetTaskOptions)
+    seg: SegTaskOptions = field(default_factory=SegTaskOptions)
+    #: run folder; None = runs/<tasks>-<dataset>-<model>
+    output: str | None = None
+
+    def __post_init__(self):
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def run_dir(self) -> Path:
+        if self.output:
+            return Path(self.output)
+        tasks = "+".join(self.tasks)
+        return Path("runs") / f"{tasks}-{self.data.dataset}-{self.model.name}"
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Checks across fields (types are checked by from_dict)."""
+    if not cfg.tasks:
+        raise ConfigError("tasks is empty; give at least one, e.g. --task det")
+    if len(set(cfg.tasks)) != len(cfg.tasks):
+        raise ConfigError(f"tasks {list(cfg.tasks)} repeats a task")
+    t = cfg.train
+    for name in ("epochs", "batch_size", "base_batch", "max_nonfinite"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if t.max_steps is not None and t.max_steps < 1:
+        raise ConfigError(f"train.max_steps must be >= 1 or null, got {t.max_steps}")
+    for name in ("base_lr", "weight_decay", "warmup_epochs", "ema_decay", "momentum"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers must be >= 0, got {cfg.data.workers}")
+    if cfg.model.image_size is not None and min(cfg.model.image_size) <= 0:
+        raise ConfigError(f"model.image_size must be positive, got {cfg.model.image_size}")
+    if cfg.eval.batch_size is not None and cfg.eval.batch_size < 1:
+        raise ConfigError(f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
+    if cfg.log.every_steps < 1:
+        raise ConfigError(f"log.every_steps must be >= 1, got {cfg.log.every_steps}")
+
+
+# ---------------------------------------------------------------------------- recipes
+
+def list_recipes() -> list[str]:
+    return sorted(p.name[: -len(".yaml")] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _recipe_dir():
+    # package data of multitask_edet (pyproject: package-data configs/*.yaml), not a subpackage
+    return resources.files("multitask_edet").joinpath("configs")
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A YAML file path, or the name of a shipped recipe (with or without ``.yaml``)."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    if p.is_file():
+        return p
+    stem = p.name[: -len(".yaml")] if p.name.endswith(".yaml") else p.name
+    if p.parent == Path(".") and stem in list_recipes():
+        return Path(str(_recipe_dir().joinpath(f"{stem}.yaml")))
+    raise ConfigError(
+        f"config {str(name_or_path)!r} is neither a file nor a shipped recipe; recipes: {', '.join(list_recipes())}"
+    )
+
+
+def load_recipe(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The recipe's raw dict with its ``base`` chain merged in (not yet validated)."""
+    path = recipe_path(name_or_path)
+    key = str(path.resolve())
+    if key in _seen:
+        raise ConfigError(f"config {path} includes itself through 'base'")
+    data = load_yaml(path)
+    bases = data.pop("base", None)
+    if bases is None:
+        return data
+    merged: dict[str, Any] = {}
+    for b in [bases] if isinstance(bases, str) else list(bases):
+        # a relative base path is relative to the including file
+        cand = path.parent / b if not Path(b).is_absolute() and (path.parent / b).is_file() else b
+        merged = deep_merge(merged, load_recipe(cand, _seen + (key,)))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dicts merged key by key; other values replaced."""
+    out = copy.deepcopy(dict(base))
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def default_recipe(tasks: Sequence[str], dataset: str | None) -> str:
+    """The recipe used when no --config is given (issue 5 item 1 defaults)."""
+    tasks = tuple(tasks)
+    ds = dataset or ""
+    if tasks == ("seg",):
+        return "seg-voc-d4"
+    if "det" in tasks and "seg" in tasks:
+        return "joint-coco-voc" if "+" in ds else "joint-voc-d0"
+    if ds.startswith("voc"):
+        return "det-voc-d0"
+    return "det-coco-d0"
+
+
+def build_config(
+    config: str | Path | None = None,
+    *,
+    tasks: Sequence[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    set_items: Sequence[str] = (),
+) -> ExperimentConfig:
+    """Recipe (``config`` or the default for ``tasks``) ← ``overrides`` ← ``--set`` items.
+
+    ``overrides`` is a nested dict (what CLI flags such as --epochs map to); ``set_items``
+    are ``a.b=c`` strings. Everything is merged first and validated once.
+    """
+    flat = parse_overrides(set_items)
+    layered = deep_merge(dict(overrides or {}), flat)
+    if config is None:
+        want = tasks or layered.get("tasks") or ("det",)
+        want = tuple(want.split(",")) if isinstance(want, str) else tuple(want)
+        ds = (layered.get("data") or {}).get("dataset")
+        config = default_recipe(want, ds)
+    raw = load_recipe(config)
+    if tasks is not None:
+        raw["tasks"] = list(tasks)
+    raw = deep_merge(raw, layered)
+    if isinstance(raw.get("tasks"), str):
+        raw["tasks"] = [t.strip() for t in raw["tasks"].split(",") if t.strip()]
+    return from_dict(ExperimentConfig, raw)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
+    """Rebuild a saved config (config.yaml, a checkpoint's ``config`` entry)."""
+    return from_dict(ExperimentConfig, dict(data))
+
+
+def replace(cfg: ExperimentConfig, **sections: Any) -> ExperimentConfig:
+    """A copy with nested updates, validated: ``replace(cfg, train={"epochs": 1})``."""
+    return from_dict(ExperimentConfig, deep_merge(cfg.to_dict(), sections))
+
+
+__all__ = [
+    "DataConfig", "DetTaskOptions", "EvalConfig", "ExperimentConfig", "LogConfig", "ModelSpec",
+    "SegTaskOptions", "TrainConfig", "build_config", "config_from_dict", "default_recipe",
+    "list_recipes", "load_recipe", "recipe_path", "replace",
+]  # fmt: skip

@@ -1,0 +1,299 @@
+"""The training loop (DESIGN.md §4, detectron2's shape; paper §5.1 recipe via the hooks).
+
+One step: batch → images normalised on the device → ``model(images)`` → each task's named
+losses → loss weighting → backward → clip → optimizer step. Everything else — EMA, LR
+schedule, evaluation, checkpoints, logging — is a hook (engine/hooks.py) called after
+every step, so the loop stays this small.
+
+Robustness (issue 5 item 4):
+
+- a non-finite total loss skips the step (no backward, no update) and is counted; after
+  ``max_nonfinite`` in a row the run stops with a message and a checkpoint;
+- SIGINT / SIGTERM set a flag; the current step finishes, the hooks write a checkpoint and
+  the loop ends (a second SIGINT interrupts at once);
+- the progress counters (step, epoch, iteration in the epoch) advance only after a
+  complete step, so a checkpoint always describes a step boundary; resuming positions the
+  sampler there and the run continues exactly.
+
+Under DDP every rank must take the same branch: one small all-reduce per step merges the
+"non-finite", "stop requested" and "task present in the batch" flags of all ranks.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from contextlib import nullcontext
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..datasets.base import normalize_images
+from ..tasks.base import Task
+from .distributed import ResumableLoader, unwrap, world_size
+from .param_groups import drop_absent_task_grads
+from .weighting import LossWeighting, sum_task_losses
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def to_float(x: Any) -> Any:
+    """Cast nested outputs (dicts/lists of tensors) to float32 for the losses and NMS."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() and x.dtype != torch.float32 else x
+    if isinstance(x, Mapping):
+        return {k: to_float(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_float(v) for v in x)
+    return x
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+class Hook:
+    """Called by the trainer; override what you need. ``trainer`` is set on registration."""
+
+    trainer: "Trainer"
+
+    def before_train(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Mapping[str, Task],
+        optimizer: torch.optim.Optimizer,
+        loader: ResumableLoader,
+        *,
+        device: torch.device,
+        max_steps: int,
+        weighting: LossWeighting | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        amp_dtype: torch.dtype | None = None,
+        clip_grad_norm: float | None = None,
+        channels_last: bool = False,
+        max_nonfinite: int = 20,
+        loss_tasks: Iterable[str] | None = None,
+        hooks: Iterable[Hook] = (),
+    ):
+        self.model = model
+        self.tasks = dict(tasks)
+        #: tasks whose loss is computed (a frozen task's head is left out, param_groups.frozen_tasks)
+        self.loss_tasks = list(loss_tasks) if loss_tasks is not None else list(self.tasks)
+        self.optimizer = optimizer
+        self.loader = loader
+        self.device = device
+        self.max_steps = int(max_steps)
+        self.weighting = weighting if weighting is not None else LossWeighting(self.loss_tasks).to(device)
+        self.scaler = scaler
+        self.amp_dtype = amp_dtype
+        self.clip_grad_norm = clip_grad_norm
+        self.channels_last = channels_last
+        self.max_nonfinite = max_nonfinite
+        # progress: counters advance only after a complete step
+        self.step = 0
+        self.epoch = 0
+        self.iter_in_epoch = 0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        #: set by the step: whether the last step updated the weights, and its metrics
+        self.step_applied = False
+        self.step_metrics: dict[str, float] = {}
+        #: true right after the last iteration of an epoch (hooks evaluate/checkpoint then)
+        self.epoch_end = False
+        self.stop_reason: str | None = None
+        self.skipped_samples: dict[str, dict[str, Any]] = {}
+        self._signal_count = 0
+        self._stop_local = False
+        self.hooks: list[Hook] = []
+        self.register_hooks(hooks)
+
+    # ------------------------------------------------------------------ hooks
+    def register_hooks(self, hooks: Iterable[Hook]) -> None:
+        for h in hooks:
+            h.trainer = self
+            self.hooks.append(h)
+
+    def _call(self, stage: str) -> None:
+        for h in self.hooks:
+            getattr(h, stage)()
+
+    @property
+    def is_last_step(self) -> bool:
+        return self.step >= self.max_steps
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> None:
+        old = self._install_signal_handlers()
+        try:
+            self._call("before_train")
+            while self.step < self.max_steps and not self.stopping:
+                self._run_epoch()
+        finally:
+            self._restore_signal_handlers(old)
+            self._call("after_train")
+        if self.stop_reason and self.stop_reason.startswith("non-finite"):
+            raise NonFiniteLossError(self.stop_reason)
+
+    def _run_epoch(self) -> None:
+        for batch in self.loader.iterate(self.epoch, self.iter_in_epoch):
+            self._note_skipped(batch)
+            self.run_step(batch)
+            self.step += 1
+            self.iter_in_epoch += 1
+            self.epoch_end = self.iter_in_epoch >= len(self.loader)
+            if self.epoch_end:
+                self.epoch += 1
+                self.iter_in_epoch = 0
+                self.weighting.step_epoch()
+            if self.step >= self.max_steps and self.stop_reason is None:
+                self.stop_reason = "finished"
+            self._call("after_step")
+            self.epoch_end = False
+            if self.stopping:
+                return
+
+    def run_step(self, batch: dict[str, Any]) -> None:
+        """One optimisation step; sets ``step_applied`` and ``step_metrics``."""
+        self.model.train()
+        t0 = time.perf_counter()
+        images = normalize_images(batch["images"], self.device, channels_last=self.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            outputs = self.model(images)
+        outputs = to_float(outputs)
+        loss_dicts = {t: self.tasks[t].loss(outputs[t], batch) for t in self.loss_tasks}
+        present_local = [bool(self.tasks[t].has_targets(batch).any()) for t in self.loss_tasks]
+        task_losses, metrics = sum_task_losses(loss_dicts)
+
+        total = None
+        nonfinite_local = False
+        # the weighting of an all-absent batch is undefined: nothing to learn from it
+        if any(present_local):
+            total, wlog = self.weighting(task_losses, present=[t for t, p in zip(self.loss_tasks, present_local) if p])
+            metrics.update(wlog)
+            nonfinite_local = not bool(torch.isfinite(total.detach()))
+        nonfinite, stop, present = self._sync_flags(nonfinite_local, self._stop_local, present_local)
+        if stop and self.stop_reason is None:
+            self.stop_reason = "signal"
+
+        self.step_applied = False
+        if nonfinite or not any(present):
+            self.optimizer.zero_grad(set_to_none=True)
+            if nonfinite:
+                self.nonfinite_in_row += 1
+                self.nonfinite_total += 1
+                log.warning("non-finite loss at step %d (%d in a row): step skipped", self.step, self.nonfinite_in_row)
+                if self.nonfinite_in_row >= self.max_nonfinite and self.stop_reason is None:
+                    self.stop_reason = (
+                        f"non-finite loss in {self.nonfinite_in_row} steps in a row (step {self.step}); "
+                        "lower train.base_lr, enable gradient clipping (train.clip_grad_norm) or check the data; "
+                        "the last checkpoint holds the state before the failure"
+                    )
+            metrics["nonfinite"] = float(self.nonfinite_total)
+            self.step_metrics = metrics
+            return
+        self.nonfinite_in_row = 0
+
+        if total is None:
+            # this rank's batch lacks every task another rank has: a zero loss keeps DDP in step
+            total = sum(v.sum() * 0.0 for v in task_losses.values())
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+        else:
+            total.backward()
+        self.weighting.sync_grads()
+        absent = [t for t, p in zip(self.loss_tasks, present) if not p]
+        drop_absent_task_grads(unwrap(self.model), absent, self.weighting)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            metrics["grad_norm"] = float(norm)
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            # fp16 overflow: the scaler skipped the update and lowered the scale
+            self.step_applied = self.scaler.get_scale() >= scale
+        else:
+            self.optimizer.step()
+            self.step_applied = True
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["loss"] = float(total.detach())
+        metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        metrics["step_time"] = time.perf_counter() - t0
+        self.step_metrics = metrics
+
+    def _sync_flags(self, nonfinite: bool, stop: bool, present: list[bool]) -> tuple[bool, bool, list[bool]]:
+        if world_size() == 1:
+            return nonfinite, stop, present
+        t = torch.tensor([float(nonfinite), float(stop)] + [float(p) for p in present], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        v = t.tolist()
+        return v[0] > 0, v[1] > 0, [x > 0 for x in v[2:]]
+
+    def _note_skipped(self, batch: dict[str, Any]) -> None:
+        for meta in batch.get("meta") or []:
+            for entry in (meta or {}).get("skipped") or []:
+                self.skipped_samples.setdefault(str(entry.get("file")), dict(entry))
+
+    # ------------------------------------------------------------------ state
+    def progress_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "iter_in_epoch": self.iter_in_epoch,
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_in_row": self.nonfinite_in_row,
+            "max_steps": self.max_steps,
+        }
+
+    def load_progress_state(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.iter_in_epoch = int(state["iter_in_epoch"])
+        self.nonfinite_total = int(state.get("nonfinite_total", 0))
+        self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
+
+    # ------------------------------------------------------------------ signals
+    def request_stop(self) -> None:
+        """Finish the current step, checkpoint, then end (what SIGINT/SIGTERM do)."""
+        self._stop_local = True
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal_count += 1
+        if signum == signal.SIGINT and self._signal_count > 1:
+            raise KeyboardInterrupt
+        log.warning("%s received: finishing this step, writing a checkpoint, then stopping", signal.Signals(signum).name)
+        self.request_stop()
+
+    def _install_signal_handlers(self) -> dict:
+        old = {}
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                old[s] = signal.signal(s, self._on_signal)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return old
+
+    def _restore_signal_handlers(self, old: dict) -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
