@@ -37,7 +37,7 @@ def read_image(path: str | Path) -> np.ndarray:
                 im = im.convert("RGB")
             else:
                 im.load()
-            return np.asarray(im)
+            return np.array(im)  # writable (np.asarray of a PIL image is read-only)
     except FileNotFoundError:
         raise DatasetError(f"image {path} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -67,7 +67,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if im.mode in ("P", "L"):
-                arr = np.asarray(im)
+                arr = np.array(im)
             elif im.mode in ("I", "I;16", "I;16B", "I;16L"):
                 arr = np.asarray(im).astype(np.int64)
                 if arr.min() < 0 or arr.max() > 255:
