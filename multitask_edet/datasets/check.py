@@ -1,0 +1,174 @@
+"""Dataset validation behind ``mtedet data check`` (and training's ``data.on_error``).
+
+``check_dataset`` loads every image and annotation of the chosen splits through the same
+adapter training uses, so it finds exactly the problems training would hit — corrupt or
+truncated images, unreadable JSON/XML, boxes outside their image, unknown categories,
+masks of the wrong size or with out-of-range values, split lists naming missing images —
+and reports each with its file instead of stopping at the first. It also summarises the
+data: images, objects per class (ignored crowd/difficult objects apart), images without
+objects, and the masks' class histogram.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DatasetError
+
+
+@dataclasses.dataclass
+class Problem:
+    split: str
+    file: str
+    message: str
+
+
+@dataclasses.dataclass
+class SplitReport:
+    split: str
+    images: int = 0
+    ok: int = 0
+    #: det class → number of objects (not ignored) / ignored (crowd, difficult)
+    objects: dict[str, int] = dataclasses.field(default_factory=dict)
+    ignored: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: images whose detection annotation has no object (kept: they are negatives)
+    empty_images: int = 0
+    #: seg class name (and "ignore") → pixel count
+    mask_pixels: dict[str, int] = dataclasses.field(default_factory=dict)
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class DataReport:
+    dataset: str
+    root: str | None
+    tasks: tuple[str, ...]
+    splits: list[SplitReport]
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for s in self.splits for p in s.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"ok": self.ok}
+
+
+class _Stats(torch.utils.data.Dataset):
+    """Per index: the sample's counts, or the problem loading it (runs in DataLoader workers)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            s = self.dataset.load_sample(i)
+        except DatasetError as e:
+            return {"file": self.dataset.file_name(i), "error": str(e)}
+        out: dict[str, Any] = {}
+        if "labels" in s:
+            out["labels"] = np.asarray(s["labels"]).tolist()
+            out["ignore"] = np.asarray(s["ignore"]).tolist()
+        if "mask" in s:
+            out["hist"] = np.bincount(s["mask"].ravel(), minlength=256)
+        return out
+
+
+def _identity(x):
+    return x
+
+
+def _check_split(name: str, root, split: str, tasks, workers: int, options: dict[str, Any]) -> SplitReport:
+    from . import build_dataset
+
+    rep = SplitReport(split)
+    try:
+        ds = build_dataset(name, root, split, tasks, **options)
+    except (DatasetError, ConfigError) as e:
+        rep.problems.append(Problem(split, str(root or ""), str(e)))
+        return rep
+    rep.images = len(ds)
+    det_names = ds.class_names.get("det", [])
+    seg_names = ds.class_names.get("seg", [])
+    hist = np.zeros(256, np.int64)
+    loader = torch.utils.data.DataLoader(_Stats(ds), batch_size=None, num_workers=workers, collate_fn=_identity)
+    for r in loader:
+        if "error" in r:
+            rep.problems.append(Problem(split, r["file"], r["error"]))
+            continue
+        rep.ok += 1
+        if "labels" in r:
+            if not r["labels"]:
+                rep.empty_images += 1
+            for label, ign in zip(r["labels"], r["ignore"]):
+                counts = rep.ignored if ign else rep.objects
+                counts[det_names[label]] = counts.get(det_names[label], 0) + 1
+        if "hist" in r:
+            hist += r["hist"]
+    if "seg" in ds.tasks:
+        rep.mask_pixels = {n: int(hist[i]) for i, n in enumerate(seg_names)}
+        rep.mask_pixels["ignore"] = int(hist[255])
+    rep.objects = {n: rep.objects[n] for n in det_names if n in rep.objects}
+    rep.ignored = {n: rep.ignored[n] for n in det_names if n in rep.ignored}
+    return rep
+
+
+def check_dataset(
+    name: str,
+    root: str | Path | None = None,
+    splits: str | Sequence[str] = ("train", "val"),
+    tasks: str | Sequence[str] = ("det",),
+    workers: int = 0,
+    **options: Any,
+) -> DataReport:
+    """Validate every image and annotation of ``splits``; never raises for a data problem."""
+    from .dataset import normalize_tasks
+
+    split_list = [splits] if isinstance(splits, str) else list(splits)
+    t = normalize_tasks(tasks)
+    reports = [_check_split(name, root, s, t, workers, options) for s in split_list]
+    return DataReport(name, None if root is None else str(root), t, reports)
+
+
+def _fmt_counts(counts: dict[str, int], extra: dict[str, int] | None = None) -> str:
+    parts = []
+    for n, c in counts.items():
+        ign = (extra or {}).get(n)
+        parts.append(f"{n} {c}" + (f" (+{ign} ignored)" if ign else ""))
+    for n, c in (extra or {}).items():
+        if n not in counts:
+            parts.append(f"{n} 0 (+{c} ignored)")
+    return ", ".join(parts) or "none"
+
+
+def format_report(report: DataReport, max_problems: int = 50) -> str:
+    lines = [f"dataset {report.dataset}  root {report.root or '(default)'}  tasks {','.join(report.tasks)}"]
+    for s in report.splits:
+        lines.append(f"split {s.split}: {s.images} images, {s.ok} ok, {len(s.problems)} with problems")
+        if "det" in report.tasks and s.ok:
+            lines.append(f"  objects: {_fmt_counts(s.objects, s.ignored)}")
+            lines.append(f"  images without objects: {s.empty_images}")
+        if s.mask_pixels:
+            total = sum(s.mask_pixels.values()) or 1
+            hist = ", ".join(f"{n} {100.0 * c / total:.1f}%" for n, c in s.mask_pixels.items() if c)
+            lines.append(f"  mask pixels: {hist}")
+    problems = report.problems
+    if problems:
+        lines.append(f"problems ({len(problems)}):")
+        for p in problems[:max_problems]:
+            lines.append(f"  [{p.split}] {p.file}: {p.message}")
+        if len(problems) > max_problems:
+            lines.append(f"  ... and {len(problems) - max_problems} more")
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)
