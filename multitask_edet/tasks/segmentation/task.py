@@ -57,7 +57,10 @@ class SegmentationTask(Task):
     def build_head(self, in_channels: int) -> nn.Module:
         from ...models.heads import build_head  # the trunk imports tasks; import late
 
-        return build_head("seg", in_channels, cfg=self.head_cfg)
+        c = self.head_cfg
+        return build_head(
+            "seg", in_channels, num_classes=c.num_classes, channels=c.channels, repeats=c.repeats, level=c.level
+        )
 
     def _logits(self, outputs: Any) -> torch.Tensor:
         # Accept the model's whole output dict as well as this task's entry.
