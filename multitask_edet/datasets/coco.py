@@ -25,7 +25,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..errors import ConfigError, DatasetError
-from .dataset import DetSegDataset
+from .dataset import DetSegDataset, PackedRecords
 from .io import IGNORE_INDEX, read_image, read_json
 from .voc import VOC_CLASSES
 
@@ -105,22 +105,23 @@ class CocoDataset(DetSegDataset):
         self.voc_classes = voc_classes
         self.box_tolerance = float(box_tolerance)
 
-        self._data = read_json(self.ann_file)
-        self._validate_top_level()
-        self._categories = {int(c["id"]): c for c in self._data["categories"]}
+        data = read_json(self.ann_file)
+        self._validate_top_level(data)
+        self._categories = {int(c["id"]): c for c in data["categories"]}
         self._set_classes()
-        self._images = sorted(self._data["images"], key=lambda im: im["id"])
-        self._anns: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for ann in self._data.get("annotations", []):
-            self._anns[ann.get("image_id")].append(ann)
-        self._log_small_boxes()
+        images = sorted(data["images"], key=lambda im: im["id"])
+        anns: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for ann in data.get("annotations", []):
+            anns[ann.get("image_id")].append(ann)
+        self._log_small_boxes(anns)
         if drop_empty and "seg" not in self.tasks:
-            self._images = [im for im in self._images if self._has_usable_box(im["id"])]
-        self.image_ids = [int(im["id"]) for im in self._images]
+            images = [im for im in images if self._has_usable_box(anns.get(im["id"], ()))]
+        self.image_ids = [int(im["id"]) for im in images]
+        # (image entry, its annotations) per index, packed: see PackedRecords
+        self._records = PackedRecords([(im, anns.get(im["id"], [])) for im in images])
 
     # ----------------------------------------------------------------- setup
-    def _validate_top_level(self) -> None:
-        d = self._data
+    def _validate_top_level(self, d: Any) -> None:
         if not isinstance(d, dict) or not isinstance(d.get("images"), list):
             raise DatasetError(f"annotation file {self.ann_file} has no 'images' list; is it a COCO instances file?")
         if not isinstance(d.get("categories"), list):
@@ -159,25 +160,25 @@ class CocoDataset(DetSegDataset):
         bbox = ann.get("bbox")
         return bool(bbox) and len(bbox) == 4 and (bbox[2] < self.min_box_size or bbox[3] < self.min_box_size)
 
-    def _log_small_boxes(self) -> None:
+    def _log_small_boxes(self, anns: dict[int, list[dict[str, Any]]]) -> None:
         if "det" not in self.tasks:
             return
-        n = sum(self._is_small(a) for anns in self._anns.values() for a in anns)
+        n = sum(self._is_small(a) for image_anns in anns.values() for a in image_anns)
         if n:
             log.info("%s: dropped %d boxes narrower or lower than %g px", self.ann_file, n, self.min_box_size)
 
-    def _has_usable_box(self, image_id: int) -> bool:
+    def _has_usable_box(self, anns) -> bool:
         return any(
             not a.get("iscrowd", 0) and not self._is_small(a) and self._label_of.get(a.get("category_id")) is not None
-            for a in self._anns.get(image_id, ())
+            for a in anns
         )
 
     # ----------------------------------------------------------------- samples
     def file_name(self, index: int) -> str:
-        return str(self.img_dir / self._images[index]["file_name"])
+        return str(self.img_dir / self._records[index][0]["file_name"])
 
     def _load(self, index: int) -> dict[str, Any]:
-        info = self._images[index]
+        info, anns = self._records[index]
         path = self.img_dir / info["file_name"]
         image = read_image(path)
         h, w = image.shape[:2]
@@ -193,7 +194,6 @@ class CocoDataset(DetSegDataset):
             "orig_size": (h, w),
             "dataset": self.name,
         }
-        anns = self._anns.get(info["id"], [])
         for ann in anns:
             self._check_annotation(ann, info)
         if "det" in self.tasks:
@@ -290,12 +290,12 @@ class CocoDataset(DetSegDataset):
     def _det_gt_dict(self) -> dict[str, Any]:
         keep_imgs = set(self.image_ids)
         keep_cats = set(self.cat_ids)
-        data = dict(self._data)
-        data["images"] = [im for im in self._data["images"] if im["id"] in keep_imgs]
-        data["categories"] = [c for c in self._data["categories"] if c["id"] in keep_cats]
+        data = read_json(self.ann_file)  # re-read: the dataset keeps only a packed copy
+        data["images"] = [im for im in data["images"] if im["id"] in keep_imgs]
+        data["categories"] = [c for c in data["categories"] if c["id"] in keep_cats]
         data["annotations"] = [
             a
-            for a in self._data.get("annotations", [])
+            for a in data.get("annotations", [])
             if a.get("image_id") in keep_imgs and a.get("category_id") in keep_cats
         ]
         return data

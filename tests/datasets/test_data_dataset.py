@@ -86,3 +86,17 @@ def test_raw_arrays_are_writable(voc_tree):
     s["image"][0, 0] = 1
     s["mask"][0, 0] = 1
     assert s["image"].dtype == np.uint8 and s["mask"].dtype == np.uint8
+
+
+def test_exif_orientation_is_ignored_as_coco_does(tmp_path):
+    from PIL import Image
+
+    from multitask_edet.datasets.io import read_image
+
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, :10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° CW to display"
+    Image.fromarray(img).save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    out = read_image(tmp_path / "r.jpg")
+    assert out.shape == (20, 40, 3) and out[:, :8].mean() > 240 and out[:, 12:].mean() < 15
