@@ -1,13 +1,16 @@
 """Segmentation inference at each image's original size (paper §5.2; standard VOC protocol).
 
-The eval transform resizes an image by ``scale`` and pads it (``pad`` = top, left) to a size
-the network accepts. Its valid region in the input is ``round(orig * scale)`` pixels from
-the pad offset. Predictions are made by cropping that region out of the logits, resizing the
-logits bilinearly to the original size and taking the argmax — resizing scores, not labels,
-keeps boundaries smooth, and the result is scored against the untouched original mask.
+The eval transform maps an original image into the network input by
+``input = scale · original + pad`` in continuous pixel coordinates (datasets/transforms.py).
+Predictions go back the same way: for every original pixel centre the class scores are
+sampled bilinearly at its exact input position, then the argmax is taken — resizing scores,
+not labels, keeps boundaries smooth, and the result is scored against the untouched original
+mask. Sampling is clamped to the image's valid region, so padding never leaks into the edge
+pixels. With scale 1 this is a plain crop.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -15,23 +18,39 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _geometry(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[tuple[int, int], float, tuple[float, float]]:
+    """(orig_size, scale, pad) with identity defaults for a sample without ``meta``."""
+    if not meta or "orig_size" not in meta:
+        return tuple(input_size), 1.0, (0.0, 0.0)
+    h0, w0 = (int(s) for s in meta["orig_size"])
+    top, left = meta.get("pad", (0, 0))
+    return (h0, w0), float(meta.get("scale", 1.0)), (float(top), float(left))
+
+
+def _valid_span(n: int, scale: float, pad: float, size: int) -> tuple[int, int]:
+    # Input pixels whose centre u + 0.5 lies on the scaled image [pad, pad + n·scale): the
+    # same rule the transforms use to decide which pixels are image and which are padding.
+    lo = math.ceil(pad - 0.5)
+    hi = math.ceil(n * scale + pad - 0.5)
+    return min(max(lo, 0), size), min(max(hi, 0), size)
+
+
 def valid_region(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the image inside the padded network input."""
-    h_in, w_in = input_size
-    if not meta or "orig_size" not in meta:
-        return 0, 0, h_in, w_in
-    h0, w0 = meta["orig_size"]
-    scale = float(meta.get("scale", 1.0))
-    top, left = (int(p) for p in meta.get("pad", (0, 0)))
-    h = min(int(round(h0 * scale)), h_in - top)
-    w = min(int(round(w0 * scale)), w_in - left)
-    return top, left, h, w
+    (h0, w0), scale, (top, left) = _geometry(meta, input_size)
+    y0, y1 = _valid_span(h0, scale, top, input_size[0])
+    x0, x1 = _valid_span(w0, scale, left, input_size[1])
+    return y0, x0, y1 - y0, x1 - x0
 
 
-def original_size(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[int, int]:
-    if not meta or "orig_size" not in meta:
-        return tuple(input_size)
-    return tuple(int(s) for s in meta["orig_size"])
+def _source(n: int, scale: float, pad: float) -> torch.Tensor:
+    """Input coordinate (pixel-index units, float64) of each original pixel centre."""
+    return (torch.arange(n, dtype=torch.float64) + 0.5) * scale + pad - 0.5
+
+
+def _normalised(coords: torch.Tensor, start: int, length: int) -> torch.Tensor:
+    # grid_sample (align_corners=False) wants -1..1 across the edges of the sampled window
+    return ((coords - start + 0.5) / length * 2 - 1).float()
 
 
 def scores_to_masks(
@@ -41,20 +60,26 @@ def scores_to_masks(
 
     ``scores`` are logits or probabilities (anything whose argmax is the class). The result is
     uint8 when the classes fit in it (what palette PNGs store), else int64. Images that share
-    their valid region and original size (the usual case within a batch) are resized together.
+    their geometry (the usual case within a batch) are resampled together.
     """
     b, c, h, w = scores.shape
     metas = list(metas) if metas is not None else [None] * b
     dtype = torch.uint8 if c <= 256 else torch.int64
-    groups: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, meta in enumerate(metas):
-        key = valid_region(meta, (h, w)) + original_size(meta, (h, w))
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(_geometry(meta, (h, w)), []).append(i)
     out: list[torch.Tensor | None] = [None] * b
-    for (top, left, vh, vw, h0, w0), idx in groups.items():
-        x = scores[idx, :, top : top + vh, left : left + vw]
-        if (vh, vw) != (h0, w0):
-            x = F.interpolate(x, size=(h0, w0), mode="bilinear", align_corners=False)
+    for ((h0, w0), scale, (top, left)), idx in groups.items():
+        y0, y1 = _valid_span(h0, scale, top, h)
+        x0, x1 = _valid_span(w0, scale, left, w)
+        x = scores[idx, :, y0:y1, x0:x1]
+        if not (scale == 1.0 and (y1 - y0, x1 - x0) == (h0, w0)):
+            gy = _normalised(_source(h0, scale, top), y0, y1 - y0).to(x.device)
+            gx = _normalised(_source(w0, scale, left), x0, x1 - x0).to(x.device)
+            grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1)  # (H0, W0, [x, y])
+            x = F.grid_sample(
+                x.float(), grid.expand(len(idx), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
+            )
         labels = x.argmax(1).to(dtype)
         for j, i in enumerate(idx):
             out[i] = labels[j]
@@ -62,17 +87,15 @@ def scores_to_masks(
 
 
 def mask_to_original(mask: torch.Tensor, meta: dict[str, Any] | None) -> torch.Tensor:
-    """A mask at input size → original size: crop the padding, resize by nearest neighbour.
+    """A mask at input size → original size by nearest neighbour through the same mapping.
 
     Exact when the image was only padded (scale 1); otherwise an approximation of the original
     mask, used only when a sample carries no ``meta["orig_mask"]``.
     """
-    top, left, vh, vw = valid_region(meta, tuple(mask.shape[-2:]))
-    h0, w0 = original_size(meta, tuple(mask.shape[-2:]))
-    m = mask[top : top + vh, left : left + vw]
-    if (vh, vw) != (h0, w0):
-        m = F.interpolate(m[None, None].float(), size=(h0, w0), mode="nearest-exact")[0, 0].to(mask.dtype)
-    return m
+    (h0, w0), scale, (top, left) = _geometry(meta, tuple(mask.shape[-2:]))
+    rows = (_source(h0, scale, top) + 0.5).floor().long().clamp(0, mask.shape[-2] - 1)
+    cols = (_source(w0, scale, left) + 0.5).floor().long().clamp(0, mask.shape[-1] - 1)
+    return mask[rows.to(mask.device)][:, cols.to(mask.device)]
 
 
 @torch.no_grad()

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -34,16 +35,55 @@ def test_downscaled_image_maps_back_to_original_size():
     assert torch.equal(mask.long(), labels)
 
 
-def test_rounded_valid_region_and_mixed_sizes_in_one_batch():
-    metas = [{"orig_size": (5, 7), "scale": 0.5, "pad": (1, 0)},  # valid 2.5 x 3.5 → 2 x 4 px
+def test_valid_region_holds_the_pixels_whose_centres_lie_on_the_image():
+    # 5x7 image at scale 0.5 below a 1-row pad spans rows [1, 3.5) and columns [0, 3.5):
+    # row centres 1.5, 2.5 and column centres 0.5, 1.5, 2.5 lie on it
+    assert valid_region({"orig_size": (5, 7), "scale": 0.5, "pad": (1, 0)}, (8, 8)) == (1, 0, 2, 3)
+    assert valid_region(None, (8, 6)) == (0, 0, 8, 6)
+
+
+def test_mixed_geometries_in_one_batch():
+    metas = [{"orig_size": (5, 7), "scale": 0.5, "pad": (1, 0)},
              {"orig_size": (4, 4), "scale": 1.0, "pad": (0, 0)},
              None]
-    assert valid_region(metas[0], (8, 8)) == (1, 0, round(2.5), round(3.5))
     logits = torch.randn(3, 5, 8, 8)
     masks = scores_to_masks(logits, metas)
     assert [tuple(m.shape) for m in masks] == [(5, 7), (4, 4), (8, 8)]
     assert torch.equal(masks[1].long(), logits[1, :, :4, :4].argmax(0))
     assert torch.equal(masks[2].long(), logits[2].argmax(0))
+
+
+def test_non_integer_scale_samples_each_original_pixel_at_its_exact_input_position():
+    # Class 0's score is the input row coordinate u, class 1's a constant 3.6: bilinear
+    # sampling of a linear ramp is exact, so original row y is class 0 iff its centre maps to
+    # u = (y + 0.5) * scale + top - 0.5 > 3.6 (row 4: 3.65; a crop of round(9 * 0.7) rows
+    # resized to 9 would put it at 3.5).
+    scale, top, h0 = 0.7, 1, 9
+    u = torch.arange(16, dtype=torch.float32).view(16, 1).expand(16, 4)
+    scores = torch.stack([u, torch.full_like(u, 3.6)])[None]
+    (mask,) = scores_to_masks(scores, [{"orig_size": (h0, 5), "scale": scale, "pad": (top, 0)}])
+    expected = [0 if (y + 0.5) * scale + top - 0.5 > 3.6 else 1 for y in range(h0)]
+    assert mask[:, 0].tolist() == expected
+    assert (mask == mask[:, :1]).all()
+
+
+def test_round_trip_through_the_eval_transform():
+    # An original label map sent through the real eval transform (upscaled to fit 128 px,
+    # padded) and mapped back from one-hot scores is recovered exactly.
+    from multitask_edet.datasets.transforms import eval_transforms
+
+    g = torch.Generator().manual_seed(0)
+    orig = torch.randint(0, 3, (7, 5), generator=g).repeat_interleave(7, 0).repeat_interleave(9, 1)  # 49 x 45
+    sample = {"image": np.zeros((49, 45, 3), np.uint8), "mask": orig.numpy().astype(np.uint8),
+              "image_id": 0, "file_name": "x.jpg", "orig_size": (49, 45)}
+    out = eval_transforms(128)(sample)
+    assert out["meta"]["scale"] == pytest.approx(128 / 49)
+    mask_in = out["mask"]
+    scores = torch.nn.functional.one_hot(mask_in.clamp(max=3), 4).permute(2, 0, 1).float()[None]
+    (back,) = scores_to_masks(scores, [out["meta"]])
+    assert back.shape == (49, 45)
+    assert torch.equal(back.long(), orig)
+    assert torch.equal(mask_to_original(mask_in, out["meta"]).long(), orig)
 
 
 def test_same_geometry_images_are_resized_together_with_identical_results():
