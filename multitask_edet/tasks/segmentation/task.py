@@ -54,12 +54,14 @@ class SegmentationTask(Task):
     def num_classes(self) -> int:
         return self.head_cfg.num_classes
 
-    def build_head(self, in_channels: int) -> nn.Module:
+    def build_head(self, in_channels: int, padding: str = "pytorch") -> nn.Module:
+        """The P2 pixel classifier; ``padding`` follows the neck's ("pytorch" or TF "same")."""
         from ...models.heads import build_head  # the trunk imports tasks; import late
 
         c = self.head_cfg
         return build_head(
-            "seg", in_channels, num_classes=c.num_classes, channels=c.channels, repeats=c.repeats, level=c.level
+            "seg", in_channels, num_classes=c.num_classes, channels=c.channels, repeats=c.repeats,
+            level=c.level, padding=padding,
         )
 
     def _logits(self, outputs: Any) -> torch.Tensor:

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from multitask_edet.config import SegHeadConfig
+from multitask_edet.errors import ConfigError
+from multitask_edet.tasks.base import TASKS
+from multitask_edet.tasks.segmentation import SegmentationTask
+
+
+def test_registered_as_seg():
+    assert TASKS.get("seg") is SegmentationTask
+    task = SegmentationTask()
+    assert task.name == "seg" and task.target_keys == ("mask",) and task.num_classes == 21
+
+
+def test_build_head_reads_p2_and_predicts_at_input_size():
+    task = SegmentationTask(SegHeadConfig(num_classes=5, channels=8, repeats=1, level=2))
+    head = task.build_head(16)
+    assert head.levels == (2,)
+    out = head([torch.randn(2, 16, 8, 8)])
+    assert out.shape == (2, 5, 32, 32)
+
+
+def test_has_targets():
+    task = SegmentationTask()
+    batch = {"images": torch.zeros(3, 3, 4, 4), "mask": [torch.zeros(4, 4), None, torch.zeros(4, 4)]}
+    assert task.has_targets(batch).tolist() == [True, False, True]
+
+
+class FakeDataset:
+    class_names = {"det": ["a", "b"], "seg": ["background", "a", "b"]}
+
+
+def test_evaluator_takes_class_names_from_dataset_and_checks_their_number():
+    ev = SegmentationTask(SegHeadConfig(num_classes=3)).evaluator(FakeDataset())
+    assert ev.class_names == ["background", "a", "b"] and ev.main_metric == "mIoU"
+    with pytest.raises(ConfigError, match="seg.num_classes=3"):
+        SegmentationTask(SegHeadConfig(num_classes=21)).evaluator(FakeDataset())
+    with pytest.raises(ConfigError, match="seg.num_classes=4"):
+        SegmentationTask(SegHeadConfig(num_classes=4), class_names=["x"])
