@@ -1,0 +1,104 @@
+"""Heads: the detection nets' structure, the segmentation head, and a user-registered head."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from multitask_edet.errors import ConfigError
+from multitask_edet.models import HEADS, build_head, create_model, register_head
+from multitask_edet.models.heads import DetectionHead, SegmentationHead
+
+
+def test_detection_head_structure():
+    head = DetectionHead(16, num_classes=3, num_anchors=9, repeats=2, levels=(3, 4, 5, 6, 7, 8))
+    net = head.cls_net
+    assert len(net.convs) == 2  # conv weights shared across levels
+    assert len(net.bns) == 6 and all(len(b) == 2 for b in net.bns)  # one BN per level and repeat
+    bn = net.bns[0][0]
+    assert (bn.eps, bn.momentum) == (1e-3, 0.01)
+    assert net.predict.conv_pw.out_channels == 27 and head.box_net.predict.conv_pw.out_channels == 36
+    prior = -math.log((1 - 0.01) / 0.01)
+    assert torch.allclose(net.predict.conv_pw.bias, torch.full((27,), prior))
+    assert torch.count_nonzero(head.box_net.predict.conv_pw.bias) == 0
+
+
+def test_detection_head_starts_at_the_prior():
+    head = DetectionHead(16, num_classes=3, levels=(3, 4)).eval()
+    out = head([torch.randn(1, 16, 8, 8), torch.randn(1, 16, 4, 4)])
+    p = torch.sigmoid(out["cls"][0]).mean().item()
+    assert 0.001 < p < 0.1  # near prior_prob = 0.01 (weights are small, bias dominates)
+
+
+def test_segmentation_head_changes_width_in_its_first_conv():
+    head = SegmentationHead(16, num_classes=4, channels=32, repeats=2, level=2)
+    assert head.levels == (2,)
+    assert head.convs[0].conv_pw.in_channels == 16 and head.convs[0].conv_pw.out_channels == 32
+    out = head([torch.randn(2, 16, 8, 12)])
+    assert tuple(out.shape) == (2, 4, 32, 48)
+    # bilinear upsampling with align_corners=False: a constant map stays constant
+    head.eval()
+    with torch.no_grad():
+        const = head.classifier(head.convs(torch.ones(1, 16, 8, 12)))
+    assert torch.allclose(
+        nn.functional.interpolate(const, scale_factor=4.0, mode="bilinear", align_corners=False)[..., 0, 0],
+        const[..., 0, 0],
+    )
+
+
+def test_unknown_head_and_head_without_levels():
+    with pytest.raises(ConfigError, match="unknown head 'nope'.*det, seg"):
+        build_head("nope", 16)
+    register_head("no_levels", lambda in_channels: nn.Identity(), override=True)
+    try:
+        with pytest.raises(ConfigError, match="must set `levels`"):
+            build_head("no_levels", 16)
+    finally:
+        HEADS.unregister("no_levels")
+
+
+# --- a head defined here, outside the library --------------------------------------------
+
+
+@register_head("test_heatmap", override=True)
+class HeatmapHead(nn.Module):
+    """A one-channel heat map on P3 (say, object centres)."""
+
+    def __init__(self, in_channels: int, levels=(3,)):
+        super().__init__()
+        self.levels = tuple(levels)
+        self.net = nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.SiLU(), nn.Conv2d(in_channels, 1, 1))
+
+    def forward(self, feats):
+        return self.net(feats[0])
+
+
+def test_user_registered_head_trains_with_the_trunk():
+    torch.manual_seed(0)
+    model = create_model("test-efficientdet", tasks=(), extra_heads={"heatmap": "test_heatmap"})
+    assert (model.min_level, model.max_level) == (3, 7) and list(model.heads) == ["heatmap"]
+    x = torch.randn(2, 3, 128, 128)
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:8, 6:10] = 1.0
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x)["heatmap"], target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    # the trunk is trained too, not only the head
+    assert model.backbone.body.conv_stem.weight.grad.abs().sum() > 0
+
+
+def test_extra_head_forms():
+    lvl2 = create_model("test-efficientdet", extra_heads={"hm": {"head": "test_heatmap", "levels": (2,)}})
+    assert lvl2.min_level == 2 and set(lvl2.heads) == {"det", "hm"}
+    module = HeatmapHead(16, levels=(4,))
+    assert create_model("test-efficientdet", tasks=(), extra_heads={"hm": module}).heads["hm"] is module
+    with pytest.raises(ConfigError, match="clashes"):
+        create_model("test-efficientdet", extra_heads={"det": "test_heatmap"})
+    with pytest.raises(ConfigError, match="must be an nn.Module"):
+        create_model("test-efficientdet", extra_heads={"x": 3})
