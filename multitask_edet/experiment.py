@@ -1,0 +1,243 @@
+"""The Python API for joint-trunk experiments: a whole experiment in a notebook cell.
+
+``Experiment`` is a thin layer over the engine (engine/config.py, engine/build.py): its
+keyword arguments become a validated ``ExperimentConfig`` — the same object ``mtedet train``
+builds from a recipe and ``--set`` overrides — and ``train``/``evaluate``/``predict`` call
+the engine's functions. Anything the API does not name is reachable through the config
+sections (``train={...}``, ``data={...}``, ``eval={...}``, ``det={...}``, ``seg={...}``).
+
+    exp = Experiment(tasks=["det", "seg"], dataset="shapes", model="test-efficientdet",
+                     weighting="uncertainty", freeze=["backbone.body.conv_stem"],
+                     lr_mult={"neck": 2.0}, output="runs/joint", max_steps=300)
+    exp.train()
+    exp.evaluate()
+    exp.predict(["image.jpg"])
+
+A task of your own joins by registering a head and a task under the same name
+(``register_head`` / ``register_task``) and listing it in ``tasks``; see
+examples/custom_head.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError, ConfigError
+
+#: convenience keywords that go into the ``train`` section as they are
+_TRAIN_KEYS = ("epochs", "max_steps", "batch_size", "lr", "base_lr", "seed", "device", "optimizer", "ema")
+
+
+class Experiment:
+    """Model + tasks + data + recipe, trained, evaluated and used for prediction."""
+
+    def __init__(
+        self,
+        config: str | Path | None = None,
+        *,
+        tasks: Sequence[str] | str | None = None,
+        model: str | Mapping[str, Any] | None = None,
+        dataset: str | Mapping[str, str] | None = None,
+        data_root: str | Path | None = None,
+        image_size: int | Sequence[int] | None = None,
+        weighting: str | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        freeze: Sequence[str] | None = None,
+        lr_mult: Mapping[str, float] | None = None,
+        mix_ratio: Mapping[str, float] | None = None,
+        output: str | Path | None = None,
+        workers: int | None = None,
+        overrides: Sequence[str] = (),
+        **options: Any,
+    ):
+        """
+        Args:
+            config: a shipped recipe name (``mtedet train --help`` lists them) or a YAML file;
+                None = the default recipe for the tasks and dataset.
+            tasks: ``["det", "seg"]``, ``"det,seg"``, or names of registered custom tasks.
+            model: a variant name (``list_models()``) or its parts as a dict, e.g.
+                ``{"name": "efficientdet-d0", "backbone": {"name": "efficientnet_b1"},
+                "neck": {"channels": 96, "repeats": 4}, "seg": {"channels": 128}}``.
+            dataset: a dataset name, ``"coco+voc2012"`` (one per task, in task order), or
+                ``{"det": "coco", "seg": "voc2012"}`` for mixed-dataset training.
+            weighting: ``fixed`` | ``uncertainty`` | ``dwa`` (engine/weighting.py).
+            loss_weights: fixed per-task weights (also the base weights of the other rules).
+            freeze: parts to freeze: ``backbone``, ``neck``, a task name, or a module path.
+            lr_mult: learning-rate multipliers per part, e.g. ``{"backbone": 0.1}``.
+            mix_ratio: mixed datasets: batches per task, e.g. ``{"det": 3, "seg": 1}``.
+            overrides: ``"a.b=c"`` strings, as ``mtedet train --set``.
+            options: ``epochs``, ``max_steps``, ``batch_size``, ``lr``, ``base_lr``, ``seed``,
+                ``device``, ``optimizer``, ``ema``, or whole config sections as dicts
+                (``train``, ``data``, ``eval``, ``log``, ``det``, ``seg``).
+        """
+        from .engine.config import build_config, deep_merge
+
+        sections: dict[str, Any] = {}
+
+        def put(section: str, key: str, value: Any) -> None:
+            if value is not None:
+                sections.setdefault(section, {})[key] = value
+
+        if isinstance(model, str):
+            put("model", "name", model)
+        elif model is not None:
+            sections["model"] = dict(model)
+        if image_size is not None:
+            size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
+            put("model", "image_size", size)
+        if isinstance(dataset, Mapping):
+            dataset = "+".join(f"{t}={name}" for t, name in dataset.items())
+        put("data", "dataset", dataset)
+        put("data", "root", str(data_root) if data_root is not None else None)
+        put("data", "mix_ratio", dict(mix_ratio) if mix_ratio is not None else None)
+        put("data", "workers", workers)
+        put("train", "loss_weighting", weighting)
+        put("train", "loss_weights", dict(loss_weights) if loss_weights is not None else None)
+        put("train", "freeze", list(freeze) if freeze is not None else None)
+        put("train", "lr_mult", dict(lr_mult) if lr_mult is not None else None)
+        for key in _TRAIN_KEYS:
+            put("train", key, options.pop(key, None))
+        for name, section in options.items():
+            if not isinstance(section, Mapping):
+                raise ConfigError(
+                    f"Experiment got {name}={section!r}; keyword options are {', '.join(_TRAIN_KEYS)} "
+                    "or whole config sections given as dicts (train, data, eval, log, det, seg)"
+                )
+            sections = deep_merge({name: dict(section)}, sections)
+        if output is not None:
+            sections["output"] = str(output)
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+        self.config = build_config(config, tasks=tasks, overrides=sections, set_items=overrides)
+        self.result = None
+        self._trained = None
+        self._checkpoint: Path | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "Experiment":
+        """An experiment around a trained checkpoint (``best.pt``, ``last.pt``, ``model.safetensors``)."""
+        from .engine.checkpoint import load_weights
+        from .engine.config import config_from_dict
+
+        _, info = load_weights(path)
+        if not info.get("config"):
+            raise CheckpointError(f"{path} carries no experiment config; it was not written by `mtedet train`")
+        exp = cls.__new__(cls)
+        exp.config = config_from_dict(info["config"])
+        exp.result, exp._trained, exp._checkpoint = None, None, Path(path)
+        return exp
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def run_dir(self) -> Path:
+        return self.config.run_dir()
+
+    @property
+    def checkpoint(self) -> Path:
+        """The weights ``evaluate``/``predict`` use: the best checkpoint, else the release weights."""
+        if self._checkpoint is not None:
+            return self._checkpoint
+        for name in ("best.pt", "model.safetensors", "last.pt"):
+            if (self.run_dir / name).is_file():
+                return self.run_dir / name
+        raise CheckpointError(f"no trained weights in {self.run_dir}: call train() first (or from_checkpoint)")
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.load().model
+
+    # ------------------------------------------------------------------ actions
+    def train(self, resume: bool = False):
+        """Train as configured (``resume=True`` continues the run folder's ``last.pt``)."""
+        from .engine.build import run_training
+
+        self.result = run_training(self.config, resume=self.run_dir / "last.pt" if resume else None)
+        self._trained, self._checkpoint = None, None
+        return self.result
+
+    def load(self, checkpoint: str | Path | None = None, device: str = "cpu"):
+        """The trained model and its tasks (``engine.build.Trained``), cached."""
+        from .engine.build import load_trained
+
+        if checkpoint is not None:
+            self._checkpoint, self._trained = Path(checkpoint), None
+        if self._trained is None:
+            self._trained = load_trained(self.checkpoint, device=device)
+        return self._trained
+
+    def evaluate(
+        self,
+        split: str | None = None,
+        max_images: int | None = None,
+        batch_size: int | None = None,
+        verbose: bool = True,
+    ) -> dict[str, dict[str, float]]:
+        """Metrics per task on the validation split (or ``split``); prints the tables."""
+        from .engine.build import build_eval_sets
+        from .engine.evaluate import evaluate, format_report
+
+        trained = self.load()
+        eval_sets, _ = build_eval_sets(trained.config, split)
+        device = next(trained.model.parameters()).device
+        bs = batch_size or trained.config.eval.batch_size or trained.config.train.batch_size
+        results, evaluators = evaluate(trained.model, trained.tasks, eval_sets, device=device, batch_size=bs,
+                                       max_images=max_images)
+        if verbose:
+            print(format_report(evaluators), flush=True)
+        return results
+
+    def predict(self, images: Sequence[str | Path | np.ndarray], batch_size: int = 8) -> list[dict[str, Any]]:
+        """Per image ``{task: prediction}`` in the image's own pixels.
+
+        ``det``: ``{"boxes" (K, 4) xyxy, "scores", "labels", "classes"}``; ``seg``: an
+        (H, W) class-index array; a custom task: what its ``postprocess`` returns.
+        """
+        from .datasets.base import collate
+        from .datasets.io import read_image
+        from .datasets.transforms import eval_transforms
+        from .engine.build import image_size_of
+        from .engine.predict import predict_batch
+
+        trained = self.load()
+        device = next(trained.model.parameters()).device
+        transform = eval_transforms(image_size_of(trained.config))
+        det_names = trained.class_names.get("det", [])
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(images), batch_size):
+            samples = []
+            for k, item in enumerate(images[start : start + batch_size]):
+                img = np.asarray(item) if isinstance(item, np.ndarray) else read_image(item)
+                if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                    raise ConfigError(f"image {start + k}: expected an RGB uint8 array (H, W, 3), got {img.shape} {img.dtype}")
+                name = str(item) if not isinstance(item, np.ndarray) else f"array-{start + k}"
+                samples.append(transform({"image": img, "image_id": start + k, "file_name": name,
+                                          "orig_size": img.shape[:2]}))
+            preds = predict_batch(trained, collate(samples), device)
+            for k in range(len(samples)):
+                rec: dict[str, Any] = {}
+                for t, per_image in preds.items():
+                    p = per_image[k]
+                    if t == "det":
+                        p = {key: v.cpu().numpy() for key, v in p.items()}
+                        p["classes"] = [det_names[i] if i < len(det_names) else str(i) for i in p["labels"]]
+                    elif isinstance(p, torch.Tensor):
+                        p = p.cpu().numpy()
+                    rec[t] = p
+                out.append(rec)
+        return out
+
+    def save_overlays(self, images: Sequence[str | Path], out_dir: str | Path, score_threshold: float = 0.3) -> list[Path]:
+        """Overlay pictures (mask colours, boxes, labels) + JSON per image, as ``mtedet predict``."""
+        from .engine.predict import run_prediction
+
+        records = run_prediction(self.checkpoint, list(images), out_dir, score_threshold=score_threshold,
+                                 device=str(next(self.model.parameters()).device))
+        return [Path(out_dir) / r["overlay"] for r in records if "overlay" in r]
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Experiment(tasks={list(c.tasks)}, model={c.model.name!r}, dataset={c.data.dataset!r}, "
+                f"weighting={c.train.loss_weighting!r}, output={str(self.run_dir)!r})")
