@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DatasetError
+from .dataset import normalize_tasks
 
 
 @dataclasses.dataclass
@@ -132,8 +133,6 @@ def check_dataset(
     **options: Any,
 ) -> DataReport:
     """Validate every image and annotation of ``splits``; never raises for a data problem."""
-    from .dataset import normalize_tasks
-
     split_list = [splits] if isinstance(splits, str) else list(splits)
     t = normalize_tasks(tasks)
     reports = [_check_split(name, root, s, t, workers, options) for s in split_list]

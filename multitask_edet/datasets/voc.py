@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
-from .dataset import DetSegDataset
+from .dataset import DetSegDataset, normalize_tasks
 from .io import check_mask, image_size, read_image, read_mask, read_sbd_mat, read_split_list, read_xml
 
 VOC_CLASSES = (
@@ -352,8 +352,6 @@ def build_voc(
     sbd_root: str | Path | None = None,
     **options: Any,
 ) -> VocDataset:
-    from .dataset import normalize_tasks
-
     t = normalize_tasks(tasks)
     items = voc_items(root, year, split, t, sbd_root)
     return VocDataset(items, t, transform, name=name or f"voc{year}", **options)
@@ -391,8 +389,6 @@ def build_voc0712(
     **options: Any,
 ) -> VocDataset:
     """VOC 2007 + 2012 detection: ``trainval``/``train``/``val`` join both years; ``test`` is 2007's."""
-    from .dataset import normalize_tasks
-
     t = normalize_tasks(tasks)
     if "seg" in t:
         raise ConfigError("voc0712 is a detection dataset; use voc2012 (train / train_aug) for segmentation")
