@@ -204,13 +204,20 @@ def build_optimizer(cfg: ExperimentConfig, model: nn.Module, weighting, lr: floa
 
 # ---------------------------------------------------------------------------- run folder
 
-def prepare_run_dir(cfg: ExperimentConfig, resume: bool) -> Path:
+def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Path:
+    """The run folder; a finished or interrupted run is never overwritten by a new one."""
     run_dir = cfg.run_dir()
     if not resume and (run_dir / "last.pt").exists():
         raise ConfigError(
             f"run folder {run_dir} already holds a training (last.pt); continue it with --resume, "
             "or choose another --output"
         )
+    return run_dir
+
+
+def prepare_run_dir(cfg: ExperimentConfig, resume: bool) -> Path:
+    """Create the run folder and write the resolved config (rank 0)."""
+    run_dir = check_run_dir(cfg, resume)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
@@ -245,11 +252,12 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
     info = dist_info or env_dist_info()
     device = resolve_device(cfg.train.device, info)
     info = init_distributed(device, info)
-    run_dir = prepare_run_dir(cfg, resume is not None)
+    check_run_dir(cfg, resume is not None)
     seed_everything(cfg.train.seed)
 
     data = build_data(cfg)
     model = build_model(cfg, data.class_names).to(device)
+    run_dir = prepare_run_dir(cfg, resume is not None)  # after the data and model are known to work
     tasks = build_tasks(cfg, model, data.class_names)
     model = convert_sync_bn(model, device) if cfg.train.sync_bn else model
     apply_freeze(model, cfg.train.freeze)
@@ -339,6 +347,43 @@ def _report_skipped(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
 
 __all__ = [
     "Data", "TrainResult", "amp_dtype_for", "build_data", "build_eval_sets", "build_model", "build_optimizer",
-    "build_tasks", "data_root", "default_train_split", "image_size_of", "load_resume_config", "model_overrides",
-    "prepare_run_dir", "run_training", "seed_everything",
+    "build_tasks", "check_run_dir", "data_root", "default_train_split", "image_size_of", "load_resume_config", "model_overrides",
+    "prepare_run_dir", "run_training", "seed_everything", "Trained", "load_trained",
 ]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- trained models
+
+@dataclass
+class Trained:
+    """A trained model rebuilt from a checkpoint (``last.pt``/``best.pt``/``model.safetensors``)."""
+
+    config: ExperimentConfig
+    model: nn.Module
+    tasks: dict[str, Task]
+    class_names: dict[str, list[str]]
+
+
+def load_trained(path: str | Path, overrides: Mapping[str, Any] | None = None, device: str | torch.device = "cpu") -> Trained:
+    """The model a run trained (EMA weights when it has them), in eval mode on ``device``.
+
+    ``overrides`` (nested dict) change the saved config, e.g. the dataset to evaluate on or
+    post-processing options; the network itself must stay what was trained.
+    """
+    from ..errors import CheckpointError
+    from .checkpoint import load_weights
+
+    sd, info = load_weights(path)
+    saved = info.get("config")
+    if not saved:
+        raise CheckpointError(f"{path} carries no experiment config; it was not written by `mtedet train`")
+    # the initial-weights file of the training is not needed (and may be gone): weights come from sd
+    cfg = config_from_dict(deep_merge(deep_merge(saved, dict(overrides or {})), {"model": {"checkpoint": None}}))
+    class_names = {k: list(v) for k, v in (info.get("class_names") or {}).items()}
+    model = build_model(cfg, class_names)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {path} do not fit the model of its config: {str(e).splitlines()[0][:300]}") from None
+    model.to(device).eval()
+    return Trained(cfg, model, build_tasks(cfg, model, class_names), class_names)

@@ -8,6 +8,7 @@ same image is also evaluated at its own index.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -106,3 +107,87 @@ def save_pictures(evaluators: Mapping[str, Evaluator], out_dir: str | Path) -> l
             if fn is not None:
                 written.append(Path(fn(out_dir / name)))
     return written
+
+
+def _jsonable(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    return x
+
+
+def run_evaluation(
+    checkpoint: str | Path,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    root: str | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    output: str | Path | None = None,
+    max_images: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, float]]:
+    """``mtedet eval``: score a checkpoint on a split (its run's dataset and val split by default).
+
+    Prints the tables, writes ``metrics.json`` and pictures to ``output`` (default: a folder
+    next to the checkpoint). Runs distributed under torchrun like training.
+    """
+    import json
+
+    from ..errors import ConfigError
+    from .build import amp_dtype_for, build_eval_sets, load_trained
+    from .config import deep_merge
+    from .distributed import env_dist_info, init_distributed, is_main_process, resolve_device
+
+    info = env_dist_info()
+    dev = resolve_device(device, info)
+    init_distributed(dev, info)
+    data: dict[str, Any] = {}
+    if dataset:
+        data["dataset"] = dataset
+    if root:
+        data["root"] = str(root)
+    if split:
+        data["val_split"] = split
+    if workers is not None:
+        data["workers"] = workers
+    trained = load_trained(checkpoint, deep_merge({"data": data}, dict(overrides or {})), dev)
+    cfg = trained.config
+    eval_sets, names = build_eval_sets(cfg)
+    for t, n in names.items():
+        if t in trained.class_names and list(n) != list(trained.class_names[t]):
+            raise ConfigError(
+                f"{cfg.data.dataset} ({t}) has classes {n[:6]}{'…' if len(n) > 6 else ''}, but the checkpoint was "
+                f"trained on {trained.class_names[t][:6]}{'…' if len(trained.class_names[t]) > 6 else ''}; "
+                "evaluate on a dataset with the same classes"
+            )
+    out = Path(output) if output else Path(checkpoint).parent / f"eval-{cfg.data.dataset}-{cfg.data.val_split}"
+    results, evaluators = evaluate(
+        trained.model, trained.tasks, eval_sets, device=dev, batch_size=batch_size or cfg.eval.batch_size or cfg.train.batch_size,
+        workers=cfg.data.workers, amp_dtype=amp_dtype_for(cfg.train.amp, dev), max_images=max_images,
+        output_dir=out if is_main_process() else None, progress=is_main_process() and sys.stderr.isatty(),
+    )
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        print(format_report(evaluators))
+        per_class = {}
+        for t, ev in evaluators.items():
+            pc = getattr(ev, "per_class", None)
+            per_class[t] = pc() if callable(pc) else pc
+        record = {"checkpoint": str(checkpoint), "dataset": cfg.data.dataset, "split": cfg.data.val_split,
+                  "metrics": results, "per_class": per_class}
+        (out / "metrics.json").write_text(json.dumps(_jsonable(record), indent=2))
+        pictures = save_pictures(evaluators, out)
+        print(f"wrote {out / 'metrics.json'}" + "".join(f", {p}" for p in pictures))
+    return results

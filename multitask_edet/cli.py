@@ -1,0 +1,420 @@
+"""``mtedet``: the command line, a thin layer over the engine and the Python API.
+
+Every error a user can cause (a bad path, a missing dataset, an unknown config key, a
+checkpoint of another model) is printed as one line naming the fix, exit code 2, without a
+traceback; ``--debug`` or ``MTEDET_DEBUG=1`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError, MtedetError
+
+EPILOG_TRAIN = """\
+examples:
+  mtedet train --task det                          EfficientDet-D0 on COCO (data in $MTEDET_DATA or ./data)
+  mtedet train --task seg --dataset voc2012        the paper's §5.2 segmentation model on VOC 2012
+  mtedet train --task det,seg --dataset voc2012    detection + segmentation on one trunk
+  mtedet train --config det-coco-d3 --set train.batch_size=4 --set det.postprocess.nms=soft_nms
+  mtedet train --output runs/x --resume            continue runs/x from its last.pt
+  torchrun --nproc_per_node=8 -m multitask_edet train --task det    8 GPUs with DDP
+
+recipes (--config NAME): {recipes}
+"""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _image_size(text: str) -> list[int]:
+    """``512`` or ``512x640`` (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().replace(",", "x").split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: expected N or HxW, e.g. 512 or 512x640") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: expected N or HxW with positive numbers")
+    return parts
+
+
+def _tasks(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise argparse.ArgumentTypeError("--task needs at least one task, e.g. det, seg or det,seg")
+    return tasks
+
+
+def _recipes() -> str:
+    # read the folder directly: importing the engine (torch) would make --help slow
+    folder = Path(__file__).parent / "configs"
+    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The nested config updates that the explicit train flags stand for."""
+    o: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        node = o
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+    put("tasks", args.task)
+    put("data.dataset", args.dataset)
+    put("data.root", args.data_root)
+    put("data.workers", args.workers)
+    put("data.on_error", args.on_error)
+    put("model.name", args.model)
+    put("model.image_size", args.image_size)
+    put("train.epochs", args.epochs)
+    put("train.max_steps", args.max_steps)
+    put("train.batch_size", args.batch_size)
+    put("train.device", args.device)
+    put("train.amp", args.amp)
+    put("train.seed", args.seed)
+    put("output", args.output)
+    return o
+
+
+# ---------------------------------------------------------------------------- commands
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
+    from .engine.build import load_resume_config, run_training
+    from .engine.config import build_config, deep_merge
+
+    overrides = _train_overrides(args)
+    resume = None
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume continues with the checkpoint's own config; drop --config (use --set to change a value)")
+        if isinstance(args.resume, str):
+            resume = Path(args.resume)
+        else:
+            run_dir = Path(args.output) if args.output else build_config(None, tasks=args.task, overrides=overrides).run_dir()
+            resume = run_dir / "last.pt"
+        if not resume.is_file():
+            raise FileNotFoundError(f"nothing to resume: {resume} does not exist (give --output RUN_DIR or --resume PATH)")
+        cfg = load_resume_config(resume, deep_merge(overrides, parse_overrides(args.set)))
+        if args.output is None:
+            # the run folder is where the checkpoint is, even if it was moved
+            from .engine.config import replace
+
+            cfg = replace(cfg, output=str(resume.parent))
+    else:
+        cfg = build_config(args.config, tasks=args.task, overrides=overrides, set_items=args.set)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    result = run_training(cfg, resume=resume)
+    from .engine.distributed import is_main_process
+
+    if is_main_process():
+        best = f", best {result.best:.4f}" if result.best is not None else ""
+        print(f"done: {result.step} steps ({result.stop_reason}){best}; run folder {result.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
+    from .engine.evaluate import run_evaluation
+
+    run_evaluation(
+        args.checkpoint, dataset=args.dataset, split=args.split, root=args.data_root, batch_size=args.batch_size,
+        device=args.device, workers=args.workers, output=args.output, max_images=args.max_images,
+        overrides=parse_overrides(args.set),
+    )  # fmt: skip
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.predict import run_prediction
+
+    records = run_prediction(
+        args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, device=args.device,
+        score_threshold=args.score_threshold, overlays=not args.no_overlay,
+    )  # fmt: skip
+    print(f"wrote predictions for {len(records)} image(s) to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import export_onnx
+
+    desc = export_onnx(
+        args.checkpoint, args.out, image_size=args.image_size, batch_size=args.batch_size,
+        dynamic_batch=args.dynamic_batch, opset=args.opset, check=not args.no_check,
+    )  # fmt: skip
+    out = Path(args.out).with_suffix(".onnx")
+    print(f"wrote {out}, {out.with_suffix('.json')}" + (f", {out.with_suffix('.anchors.npy')}" if "det" in desc else ""))
+    if "max_abs_diff" in desc:
+        print(f"onnxruntime vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .models.info import model_info
+
+    info = model_info(args.model, tasks=args.tasks, num_classes=args.num_classes, image_size=args.image_size)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{info['model']}  tasks {','.join(info['tasks'])}  input {info['image_size'][0]}x{info['image_size'][1]}  "
+          f"levels P{info['levels'][0]}-P{info['levels'][1]}")
+    print(f"parameters {info['params'] / 1e6:.3f}M  GMACs {info['gmacs']:.2f}")
+    for part, n in info["params_per_part"].items():
+        print(f"  {part:<12} {n / 1e6:8.3f}M")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .compat.effdet import convert_effdet_checkpoint
+
+    sd = convert_effdet_checkpoint(args.src, args.dst, args.model)
+    print(f"wrote {args.dst} ({len(sd)} tensors) for {args.model}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .datasets.check import check_dataset, format_report
+
+    tasks = args.task or ("det" if args.dataset in ("voc2007", "voc0712") else "det,seg")
+    splits = args.split or ("train", "val")
+    report = check_dataset(args.dataset, args.data_root, splits=splits, tasks=tasks, workers=args.workers)
+    print(format_report(report, max_problems=args.max_problems))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.ok else 1
+
+
+def cmd_data_sample(args: argparse.Namespace) -> int:
+    from .datasets import write_shapes
+
+    given = {k: getattr(args, k) for k in ("num_train", "num_val", "image_size", "seed") if getattr(args, k) is not None}
+    out = write_shapes(args.out_dir, **given)
+    print(f"wrote the shapes sample dataset to {out} (COCO layout in coco/, VOC layout in VOC/); "
+          f"train on it with --dataset shapes --data-root {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(output=args.output, device=args.device)
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="mtedet",
+        description="Joint object detection and semantic segmentation on one EfficientDet trunk "
+        "(EfficientNet + BiFPN over P2-P7): train, evaluate, predict, export.",
+        epilog="Run `mtedet COMMAND --help` for the options of a command. "
+        "Errors print one line; --debug (or MTEDET_DEBUG=1) shows the traceback.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--version", action="version", version=f"mtedet {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # -- train
+    t = sub.add_parser(
+        "train", help="train a model (det, seg or both); resumable, distributed with torchrun",
+        description="Train detection, segmentation or both on one trunk. Defaults: --task det → efficientdet-d0 "
+        "on COCO; --task seg → efficientdet-d4-seg on VOC 2012 (train_aug when SBD is present, else train); "
+        "--task det,seg → efficientdet-d0 on VOC 2012. Evaluation runs on the val split. The resolved config, "
+        "metrics.jsonl, TensorBoard events, last.pt/best.pt and model.safetensors go to the run folder.",
+        epilog=EPILOG_TRAIN.format(recipes=_recipes()), formatter_class=fmt,
+    )  # fmt: skip
+    t.add_argument("--task", type=_tasks, metavar="TASKS", help="det, seg or det,seg (default: the recipe's; det)")
+    t.add_argument("--dataset", help="coco, voc2012, voc2007, voc0712, shapes, or A+B for one dataset per task "
+                   "(e.g. coco+voc2012 with --task det,seg)")
+    t.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: $MTEDET_DATA, then ./data)")
+    t.add_argument("--model", help="model variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg "
+                   "(`mtedet info` shows their size)")
+    t.add_argument("--config", metavar="FILE_OR_RECIPE", help="a YAML file or a shipped recipe name (see below)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set train.base_lr=0.08 (repeatable; unknown keys are errors)")
+    t.add_argument("--epochs", type=int, help="number of epochs")
+    t.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps (the schedule ends there)")
+    t.add_argument("--batch-size", type=int, metavar="N", help="images per process per step (lr scales with the global batch)")
+    t.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="network input size (multiple of 128 for P7)")
+    t.add_argument("--output", metavar="DIR", help="run folder (default: runs/<tasks>-<dataset>-<model>)")
+    t.add_argument("--resume", nargs="?", const=True, metavar="PATH",
+                   help="continue a run from PATH or from the run folder's last.pt (mid-epoch included)")
+    t.add_argument("--device", help="auto (default: this process's GPU, else CPU), cpu, cuda, cuda:1")
+    t.add_argument("--amp", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="mixed precision: auto = bf16/fp16 on GPU, fp32 on CPU (default auto)")
+    t.add_argument("--seed", type=int, help="random seed (data order, augmentation, initialisation)")
+    t.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes per training process")
+    t.add_argument("--on-error", choices=["raise", "skip"],
+                   help="a sample that fails to load: stop (raise, default) or skip it and list it at the end")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.set_defaults(func=cmd_train)
+
+    # -- eval
+    e = sub.add_parser(
+        "eval", help="evaluate a checkpoint: COCO AP / per-class IoU tables, JSON, pictures",
+        description="Evaluate a checkpoint (last.pt, best.pt or model.safetensors of a run) on the val split of its "
+        "run's dataset, or on another dataset/split with the same classes. Prints the COCO AP table (det) and the "
+        "per-class IoU table (seg); writes metrics.json, precision-recall curves (det) and a confusion matrix (seg).",
+    )  # fmt: skip
+    e.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    e.add_argument("--dataset", help="dataset to evaluate on (default: the run's)")
+    e.add_argument("--split", help="split (default: the run's val split)")
+    e.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: the run's, $MTEDET_DATA, ./data)")
+    e.add_argument("--batch-size", type=int, metavar="N", help="images per step (default: the run's)")
+    e.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1")
+    e.add_argument("--workers", type=int, metavar="N", help="DataLoader worker processes")
+    e.add_argument("--max-images", type=int, metavar="N", help="evaluate only the first N images (a quick look)")
+    e.add_argument("--output", metavar="DIR", help="where to write the report (default: next to the checkpoint)")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change evaluation options, e.g. --set det.eval.protocol=voc --set det.postprocess.nms=soft_nms")
+    e.set_defaults(func=cmd_eval)
+
+    # -- predict
+    pr = sub.add_parser(
+        "predict", help="run a checkpoint on images: JSON, class-index PNG mask, overlay PNG",
+        description="Predict on image files or folders. Per image: <name>.json (boxes in original pixels with class "
+        "names and scores; classes of the mask), <name>_mask.png (class indices as a palette PNG) and "
+        "<name>_overlay.png (coloured mask, boxes and labels).",
+    )  # fmt: skip
+    pr.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders of images")
+    pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    pr.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per forward pass (default 4)")
+    pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1")
+    pr.add_argument("--score-threshold", type=float, default=0.3, metavar="S",
+                    help="keep detections scoring at least S (default 0.3)")
+    pr.add_argument("--no-overlay", action="store_true", help="do not draw overlay pictures")
+    pr.set_defaults(func=cmd_predict)
+
+    # -- export
+    ex = sub.add_parser(
+        "export", help="export to ONNX: raw head outputs (no NMS), anchors, a JSON of what outputs mean",
+        description="Export the network's raw outputs to ONNX (no NMS in the graph), with OUT.anchors.npy (the "
+        "anchors in the order of the flattened detection outputs) and OUT.json (input normalisation, output "
+        "meaning, box decoding, class names). The export is checked against PyTorch with onnxruntime.",
+    )  # fmt: skip
+    ex.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    ex.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
+    ex.add_argument("out", metavar="OUT", help="output file (.onnx)")
+    ex.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the run's)")
+    ex.add_argument("--batch-size", type=int, default=1, metavar="N", help="batch size of the exported graph (default 1)")
+    ex.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    ex.set_defaults(func=cmd_export)
+
+    # -- info
+    i = sub.add_parser("info", help="parameters (per part) and GMACs of a model variant",
+                       description="Parameters (total, backbone, neck, each head) and multiply-adds (GMACs, one image) "
+                       "of a named model at its native or a given input size.")
+    i.add_argument("model", metavar="MODEL", help="a variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg")
+    i.add_argument("--tasks", default="det", metavar="TASKS", help="heads to attach: det, seg or det,seg (default det)")
+    i.add_argument("--num-classes", type=int, metavar="N", help="classes of every head (default: the variant's)")
+    i.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the variant's native)")
+    i.add_argument("--json", action="store_true", help="print one JSON object (params, gmacs, params_per_part, ...)")
+    i.set_defaults(func=cmd_info)
+
+    # -- convert-effdet
+    c = sub.add_parser("convert-effdet", help="convert an effdet (efficientdet-pytorch) checkpoint to ours",
+                       description="Convert an effdet state dict (tf_efficientdet_d0…d7x, efficientdet_d0…d5) to this "
+                       "project's layout, written as safetensors; load it with --set model.checkpoint=OUT.")
+    c.add_argument("src", metavar="IN", help="effdet checkpoint (.pth/.pt/.safetensors)")
+    c.add_argument("dst", metavar="OUT", help="output .safetensors file")
+    c.add_argument("--model", required=True, help="our variant the weights are for, e.g. tf_efficientdet-d0")
+    c.set_defaults(func=cmd_convert)
+
+    # -- data
+    d = sub.add_parser("data", help="dataset tools: check a dataset, write the sample dataset",
+                       description="Dataset tools.")
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    dc = dsub.add_parser(
+        "check", help="validate every image and annotation, summarise classes",
+        description="Load every image and annotation of the splits through the training adapter; print a summary "
+        "(images, objects per class, mask class histogram) and every problem with its file. Exit code 1 when "
+        "there are problems.",
+    )  # fmt: skip
+    dc.add_argument("--dataset", required=True, help="coco, voc2012, voc2007, voc0712, shapes, ...")
+    dc.add_argument("--data-root", metavar="DIR", help="folder holding the dataset (default: $MTEDET_DATA, then ./data)")
+    dc.add_argument("--split", action="append", metavar="SPLIT", help="split to check (repeatable; default train and val)")
+    dc.add_argument("--task", metavar="TASKS",
+                    help="annotations to check: det, seg or det,seg (default det,seg; det for voc2007/voc0712)")
+    dc.add_argument("--workers", type=int, default=0, metavar="N", help="loader worker processes (default 0)")
+    dc.add_argument("--max-problems", type=int, default=200, metavar="N", help="print at most N problems (default 200)")
+    dc.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    dc.set_defaults(func=cmd_data_check)
+    ds = dsub.add_parser("sample", help="write the built-in shapes dataset (COCO and VOC layouts)",
+                         description="Write the synthetic `shapes` dataset (deterministic) in the real COCO and VOC "
+                         "layouts, for --dataset shapes --data-root OUT_DIR.")
+    ds.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
+    # defaults are the generator's (datasets/sample.py DEFAULTS, what --dataset shapes uses)
+    ds.add_argument("--num-train", type=int, metavar="N", help="training images (default: as --dataset shapes)")
+    ds.add_argument("--num-val", type=int, metavar="N", help="validation images (default: as --dataset shapes)")
+    ds.add_argument("--image-size", type=int, metavar="N", help="largest image side (default: as --dataset shapes)")
+    ds.add_argument("--seed", type=int, help="generator seed (default: as --dataset shapes)")
+    ds.set_defaults(func=cmd_data_sample)
+
+    # -- demo
+    dm = sub.add_parser("demo", help="train det + seg jointly on the built-in shapes sample (CPU, minutes)",
+                        description="Train detection and segmentation jointly on the built-in shapes sample, evaluate, "
+                        "print the AP and mIoU tables, write a checkpoint and overlay pictures.")
+    dm.add_argument("--output", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
+    dm.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def _debug_requested(argv: Sequence[str] | None) -> bool:
+    args = sys.argv[1:] if argv is None else argv
+    return "--debug" in args or os.environ.get("MTEDET_DEBUG", "") not in ("", "0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = _debug_requested(argv)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (MtedetError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        print(f"mtedet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"mtedet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        from .engine.trainer import NonFiniteLossError
+
+        if isinstance(e, NonFiniteLossError) and not debug:
+            print(f"mtedet {args.command}: stopped: {e}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        from .engine.distributed import shutdown_distributed
+
+        shutdown_distributed()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Experiment config: recipes, strict overrides, defaults of issue 5 item 1."""
+from __future__ import annotations
+
+import pytest
+
+from multitask_edet.config_utils import from_dict
+from multitask_edet.engine.config import (
+    ExperimentConfig, build_config, config_from_dict, default_recipe, list_recipes, load_recipe,
+)  # fmt: skip
+from multitask_edet.errors import ConfigError
+
+
+def test_every_shipped_recipe_resolves_and_names_a_known_model():
+    from multitask_edet.config import list_models
+
+    names = list_recipes()
+    for required in ["det-coco-d0", "det-coco-d7x", "det-voc-d0", "seg-voc-d4", "joint-voc-d0", "joint-coco-voc"]:
+        assert required in names
+    for n in names:
+        cfg = build_config(n)
+        assert cfg.model.name in list_models(), n
+    assert [build_config(f"det-coco-d{k}").model.name for k in ("0", "3", "7x")] == [
+        "efficientdet-d0", "efficientdet-d3", "efficientdet-d7x"]
+
+
+def test_base_inheritance_merges_nested_keys():
+    raw = load_recipe("det-coco-d7")
+    assert "base" not in raw
+    cfg = from_dict(ExperimentConfig, raw)
+    assert cfg.train.epochs == 600 and cfg.train.batch_size == 2
+    # inherited from det-coco-d0, not restated in det-coco-d7.yaml
+    assert cfg.train.weight_decay == pytest.approx(4e-5) and cfg.data.dataset == "coco"
+    assert cfg.det.postprocess.max_detections == 100
+
+
+def test_paper_recipe_defaults():
+    cfg = build_config(None, tasks=["det"])
+    t = cfg.train
+    assert (cfg.model.name, cfg.data.dataset, cfg.data.val_split) == ("efficientdet-d0", "coco", "val")
+    assert (t.optimizer, t.momentum, t.weight_decay, t.base_lr, t.base_batch) == ("sgd", 0.9, 4e-5, 0.16, 128)
+    assert t.no_decay_bn_bias and t.ema and t.ema_decay == 0.9998 and t.clip_grad_norm
+    seg = build_config(None, tasks=["seg"])
+    assert (seg.model.name, seg.data.dataset, seg.data.train_split) == ("efficientdet-d4-seg", "voc2012", None)
+    assert build_config(None, tasks=["det", "seg"]).tasks == ("det", "seg")
+
+
+@pytest.mark.parametrize(
+    "tasks, dataset, recipe",
+    [(["det"], None, "det-coco-d0"), (["det"], "voc0712", "det-voc-d0"), (["seg"], None, "seg-voc-d4"),
+     (["det", "seg"], "voc2012", "joint-voc-d0"), (["det", "seg"], "coco+voc2012", "joint-coco-voc")],
+)  # fmt: skip
+def test_default_recipe_per_task(tasks, dataset, recipe):
+    assert default_recipe(tasks, dataset) == recipe
+
+
+def test_overrides_are_validated_and_layered():
+    cfg = build_config("det-coco-d0", overrides={"train": {"epochs": 3}}, set_items=["train.epochs=5", "det.loss.gamma=2.0",
+                                                                                      "train.amp=fp32"])
+    assert cfg.train.epochs == 5 and cfg.det.loss.gamma == 2.0 and cfg.train.amp == "fp32"
+    # a nested dict override keeps the recipe's sibling keys
+    assert cfg.det.loss.alpha == 0.25 and cfg.det.postprocess.max_candidates == 5000
+    with pytest.raises(ConfigError, match=r"train\.lrr.*valid keys under train: .*base_lr"):
+        build_config("det-coco-d0", set_items=["train.lrr=1"])
+    with pytest.raises(ConfigError, match="train.amp"):
+        build_config("det-coco-d0", set_items=["train.amp=off"])  # YAML reads off as false
+    with pytest.raises(ConfigError, match="train.batch_size must be >= 1"):
+        build_config("det-coco-d0", set_items=["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="neither a file nor a shipped recipe; recipes: .*det-coco-d0"):
+        build_config("no-such-recipe")
+
+
+def test_config_round_trips_through_its_dict(tmp_path):
+    cfg = build_config("joint-coco-voc", set_items=["model.image_size=[256, 384]", "train.freeze=[backbone]"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+    f = tmp_path / "c.yaml"
+    f.write_text(cfg.to_yaml())
+    assert build_config(str(f)) == cfg
+    assert cfg.model.image_size == (256, 384) and cfg.train.freeze == ["backbone"]
+
+
+def test_recipe_file_with_base_relative_to_itself(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: det-coco-d0\ntrain: {epochs: 7}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain: {batch_size: 3}\n")
+    cfg = build_config(str(tmp_path / "b.yaml"))
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.model.name) == (7, 3, "efficientdet-d0")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        build_config(str(tmp_path / "loop.yaml"))
