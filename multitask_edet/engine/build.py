@@ -27,7 +27,7 @@ from ..tasks.base import TASKS, Task
 from .checkpoint import atomic_write
 from .config import ExperimentConfig, config_from_dict, deep_merge
 from .distributed import (
-    DistInfo, ResumableLoader, all_gather_object, convert_sync_bn, env_dist_info, init_distributed,
+    DistInfo, ResumableLoader, all_gather_object, broadcast_module_state, convert_sync_bn, env_dist_info, init_distributed,
     is_main_process, resolve_device, unwrap, wrap_model,
 )  # fmt: skip
 from .evaluate import evaluate
@@ -299,6 +299,7 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
 
     def eval_fn():
         net = ema.module if (ema is not None and cfg.eval.use_ema) else unwrap(ddp_model)
+        broadcast_module_state(net)  # every shard scored with rank 0's weights and BN statistics
         return evaluate(net, tasks, data.eval_sets, device=device, batch_size=eval_batch, workers=cfg.data.workers,
                         amp_dtype=amp_dtype, max_images=cfg.eval.max_images)
 

@@ -125,6 +125,20 @@ def any_across_ranks(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+@torch.no_grad()
+def broadcast_module_state(module: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into every rank's ``module``.
+
+    DDP keeps parameters equal, but each rank's BatchNorm running statistics (and so an EMA
+    of them) follow its own batches between DDP's per-forward buffer broadcasts, and plain
+    BN (CPU runs: no SyncBN) never merges them. Evaluation and checkpoints use rank 0's.
+    """
+    if world_size() == 1:
+        return
+    for t in module.state_dict().values():
+        dist.broadcast(t, src=src)
+
+
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """SyncBatchNorm under DDP on GPUs (it has no CPU kernel, so CPU runs keep plain BN)."""
     if world_size() > 1 and device.type == "cuda":
