@@ -14,18 +14,16 @@ C = 10
 
 
 def _random_effdet():
-    """tf_efficientdet_d0 with non-trivial BN statistics and biases, so scores spread out."""
+    """tf_efficientdet_d0 with random BN statistics and biases, so that scores spread out."""
     ref = effdet.create_model("tf_efficientdet_d0", pretrained=False, pretrained_backbone=False,
                               image_size=SIZE, num_classes=C)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for m in ref.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(1 + torch.randn(m.weight.shape, generator=g) * 0.1)
-            elif isinstance(m, torch.nn.Conv2d) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        for name, t in ref.state_dict().items():
+            if name.endswith(("running_mean", ".bias")):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
     return ref.eval()
 
 
@@ -54,14 +52,17 @@ def test_converted_effdet_detections_equal_det_bench_predict():
 def _assert_same_detections(pred, ref, box_tol, score_tol=1e-4):
     """Same boxes, scores and classes. Two detections whose sigmoid scores tie to float
     precision may come out in either order (the networks agree to ~1e-6, not bit for bit),
-    so each detection is paired with a reference one of equal class, box and score."""
+    so each detection is paired with a reference one of equal class, box and score; one
+    tied with the last kept score may be swapped for another at the 100-detection cut."""
     ref_boxes, ref_scores, ref_labels = ref[:, :4], ref[:, 4], ref[:, 5].long() - 1  # effdet: 1-based
     assert (pred["scores"][:-1] >= pred["scores"][1:]).all()
     used = torch.zeros(len(ref_scores), dtype=torch.bool)
     for j in range(len(pred["scores"])):
         ok = ((ref_labels == pred["labels"][j]) & ((ref_scores - pred["scores"][j]).abs() <= score_tol)
               & ((ref_boxes - pred["boxes"][j]).abs().amax(1) <= box_tol) & ~used)
-        assert ok.any(), f"detection {j} has no counterpart in effdet's output"
+        if not ok.any():
+            assert (pred["scores"][j] - ref_scores[-1]).abs() <= score_tol, f"detection {j} not in effdet's output"
+            continue
         # a counterpart at the same rank is preferred; a swap only between tied scores
         k = j if ok[j] else int(ok.nonzero()[0])
         assert (ref_scores[k] - ref_scores[j]).abs() <= score_tol

@@ -3,7 +3,6 @@ import contextlib
 import io
 
 import numpy as np
-import pytest
 import torch
 from pycocotools.coco import COCO
 
@@ -62,15 +61,6 @@ class _Shapes:
         with contextlib.redirect_stdout(io.StringIO()):
             coco.createIndex()
         return coco
-
-
-@pytest.fixture
-def one_thread():
-    # many tiny ops: a second intra-op thread only adds contention on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_tiny_model_overfits_drawn_boxes(tmp_path, one_thread):
