@@ -59,7 +59,8 @@ def detection_loss(
     for cls_out, box_out, ct, bt in zip(cls_outputs, box_outputs, cls_t, box_t):
         logits = flatten_level(cls_out.float(), num_classes)
         positive = ct >= 0
-        onehot = F.one_hot(ct.clamp(min=0), num_classes).to(logits.dtype) * positive.unsqueeze(-1)
+        onehot = torch.zeros_like(logits).scatter_(
+            -1, ct.clamp(min=0).unsqueeze(-1), positive.unsqueeze(-1).to(logits.dtype))
         fl = focal_loss(logits, onehot, cfg.alpha, cfg.gamma, cfg.label_smoothing)
         cls_sum = cls_sum + (fl * (ct != IGNORED).unsqueeze(-1)).sum()
         codes = flatten_level(box_out.float(), 4)

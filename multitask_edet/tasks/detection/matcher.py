@@ -45,7 +45,8 @@ def batched_iou(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """
     inter = batched_intersection(boxes, anchors)
     union = box_area(boxes).unsqueeze(-1) + box_area(anchors) - inter
-    return torch.where(inter == 0, torch.zeros_like(inter), inter / union)
+    # in place: (B, M, N) is the largest tensor of target assignment; 0/0 (two empty boxes) → 0
+    return inter.div_(union).nan_to_num_(0.0)
 
 
 class ArgMaxMatcher:
