@@ -27,6 +27,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ...errors import ConfigError
 from ..base import Evaluator
 from .config import DetEvalConfig
 
@@ -112,7 +113,9 @@ class DetectionEvaluator(Evaluator):
             boxes, scores, labels = self._preds[image_id]
             unknown = sorted(set(labels.tolist()) - set(self.cat_ids))
             if unknown:
-                raise ValueError(f"predicted label(s) {unknown} have no category id; known: {sorted(self.cat_ids)}")
+                raise ConfigError(
+                    f"the model predicts label(s) {unknown}, but the dataset has {len(self.cat_ids)} detection "
+                    "classes; set the detection head's num_classes to the dataset's")
             xywh = boxes.copy()
             xywh[:, 2:] -= xywh[:, :2]
             for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
@@ -143,7 +146,7 @@ class DetectionEvaluator(Evaluator):
     def _coco_eval(self, source, any_results: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         image_ids = sorted(self._preds)
         if not any_results or not image_ids:
-            self._summary = "no detections"
+            self._summary, self.pr_curves = "no detections", None
             return {k: 0.0 for k in COCO_METRICS}, {}
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):  # pycocotools prints its progress
@@ -157,6 +160,10 @@ class DetectionEvaluator(Evaluator):
         self._summary = summary.getvalue()
         metrics = {k: float(v) for k, v in zip(COCO_METRICS, ev.stats)}
         precision = ev.eval["precision"]  # (iou thr, recall, category, area range, max dets)
+        # kept for the precision-recall pictures of `mtedet eval` (engine/evaluate.py)
+        self.pr_curves = {"precision": precision[:, :, :, 0, -1], "recall": np.asarray(ev.params.recThrs),
+                          "iou": np.asarray(ev.params.iouThrs),
+                          "classes": [self.class_names.get(c, str(c)) for c in ev.params.catIds]}
         per_class = {}
         for k, cat in enumerate(ev.params.catIds):
             p = precision[:, :, k, 0, -1]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...config import DetHeadConfig
+from ...errors import DatasetError
 from ..base import Task, register_task
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
@@ -97,7 +98,9 @@ class DetectionTask(Task):
 
     def evaluator(self, dataset: Any = None, output_dir: str | None = None) -> DetectionEvaluator:
         if dataset is None or not hasattr(dataset, "det_gt"):
-            raise ValueError("the detection evaluator needs a dataset with det_gt() and cat_ids")
+            raise DatasetError(
+                f"dataset {getattr(dataset, 'name', dataset)!r} has no detection ground truth (det_gt); "
+                "evaluate detection on a dataset with box annotations")
         return DetectionEvaluator.from_dataset(dataset, output_dir, self.eval_cfg)
 
     def _input_size(self, batch: dict[str, Any], cls_out: list[torch.Tensor]) -> tuple[int, int]:

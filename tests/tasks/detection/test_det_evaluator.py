@@ -9,6 +9,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from multitask_edet.errors import ConfigError
 from multitask_edet.tasks.detection import DetEvalConfig, DetectionEvaluator, DetectionTask
 from multitask_edet.tasks.detection.evaluator import voc_average_precision
 
@@ -102,7 +103,7 @@ def test_class_ids_round_trip_to_native_ids(tmp_path):
     # a mapping works as well as a list
     ev2 = DetectionEvaluator(_gt(), {0: 1, 1: 3, 2: 7}, NAMES)
     assert ev2.cat_ids == ev.cat_ids
-    with pytest.raises(ValueError, match="no category id"):
+    with pytest.raises(ConfigError, match="num_classes"):
         ev.add(30, torch.zeros(1, 4), torch.ones(1), torch.tensor([5]))
         ev.compute()
 
