@@ -89,7 +89,9 @@ class DetectionTask(Task):
         anchors = self.anchors(image_size, device) if self.loss_cfg.giou_weight > 0 else None
         return detection_loss(cls_out, box_out, targets, self.num_classes, self.loss_cfg, anchors, self.box_coder)
 
-    def postprocess(self, outputs: dict[str, list[torch.Tensor]], batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    def postprocess(self, outputs: dict[str, list[torch.Tensor]],
+                    batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Per image: dict(boxes (K, 4) xyxy original pixels, scores (K,), labels (K,) int64)."""
         cls_out, box_out = outputs["cls"], outputs["box"]
         image_size = self._input_size(batch, cls_out)
         anchors = self.anchors(image_size, cls_out[0].device)

@@ -48,7 +48,8 @@ class _Shapes:
         self.samples = samples
 
     def det_gt(self) -> COCO:
-        gt = {"images": [], "annotations": [], "categories": [{"id": c, "name": n} for c, n in zip(CAT_IDS, ["red", "blue"])]}
+        cats = [{"id": c, "name": n} for c, n in zip(CAT_IDS, ["red", "blue"])]
+        gt = {"images": [], "annotations": [], "categories": cats}
         for s in self.samples:
             iid = s["meta"]["image_id"]
             gt["images"].append({"id": iid, "width": SIZE, "height": SIZE})
