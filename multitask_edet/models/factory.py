@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig, get_model_config
-from ..config_utils import merge
+from ..config_utils import from_dict, merge
 from ..errors import CheckpointError, ConfigError
 from .backbone import Backbone, key_report, read_state_dict
 from .bifpn import BiFPN
@@ -24,14 +24,16 @@ from .model import MultiTaskEfficientDet
 BUILTIN_TASKS = ("det", "seg")
 
 
-def resolve_config(name_or_cfg: str | ModelConfig, **overrides) -> ModelConfig:
-    """The config of a named variant (or a given one) with validated nested overrides.
+def resolve_config(name_or_cfg: str | ModelConfig | Mapping[str, Any], **overrides) -> ModelConfig:
+    """The config of a named variant (or a given one, or a dict of one) with validated overrides.
 
     Shortcuts: ``backbone_weights=PATH`` (= ``backbone={"weights": PATH}``) and
     ``num_classes=N`` for the one built-in task of the config (else it is ambiguous).
     """
     if isinstance(name_or_cfg, ModelConfig):
         cfg = name_or_cfg
+    elif isinstance(name_or_cfg, Mapping):
+        cfg = from_dict(ModelConfig, dict(name_or_cfg), "model")
     else:
         try:
             cfg = get_model_config(name_or_cfg)
@@ -99,7 +101,7 @@ def _extra_head(name: str, spec: Any, width: int) -> nn.Module:
 
 
 def create_model(
-    name_or_cfg: str | ModelConfig,
+    name_or_cfg: str | ModelConfig | Mapping[str, Any],
     tasks: tuple[str, ...] | list[str] | str | None = None,
     checkpoint: str | Path | None = None,
     extra_heads: Mapping[str, Any] | None = None,
@@ -155,7 +157,19 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         shapes = f"; shape mismatches (checkpoint vs model): {', '.join(wrong[:10])}" if wrong else ""
         raise CheckpointError(
             f"checkpoint {path} does not fit model {getattr(model.config, 'name', '?')} "
-            f"with heads {list(model.heads)}: {key_report(missing, unexpected)}{shapes}"
+            f"with heads {list(model.heads)}: {key_report(missing, unexpected)}{shapes}{_class_hint(model, sd)}"
         )
     with torch.no_grad():
         model.load_state_dict(sd)
+
+
+def _class_hint(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
+    """The most common mismatch: a checkpoint trained for another number of classes."""
+    hints = []
+    for task, head in model.heads.items():
+        key = {"det": f"heads.{task}.cls_net.predict.conv_pw.weight", "seg": f"heads.{task}.classifier.weight"}.get(task)
+        if key in sd and hasattr(head, "num_classes"):
+            n = sd[key].shape[0] // getattr(head, "num_anchors", 1)
+            if n != head.num_classes:
+                hints.append(f'{task}={{"num_classes": {n}}}')
+    return f" — the checkpoint has other class counts: pass {', '.join(hints)}" if hints else ""

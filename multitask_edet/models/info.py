@@ -80,3 +80,15 @@ def model_info(
         "params_per_part": parts,
         "gmacs": _macs(model, size) / 1e9,
     }
+
+
+def format_model_info(info: dict[str, Any]) -> str:
+    """A few human-readable lines for ``mtedet info`` (``--json`` prints the dict instead)."""
+    h, w = info["image_size"]
+    lines = [
+        f"{info['model']}  tasks: {', '.join(info['tasks'])}  levels: P{info['levels'][0]}–P{info['levels'][1]}  "
+        f"input: {h}x{w}",
+        f"  params: {info['params'] / 1e6:.3f}M   GMACs: {info['gmacs']:.2f}",
+    ]
+    lines += [f"    {part:<12} {n / 1e6:8.3f}M" for part, n in info["params_per_part"].items()]
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The multi-task network: one trunk (backbone + BiFPN), any number of heads (DESIGN.md §3).
+"""The multi-task network (paper Fig. 3, §5.2): one trunk (backbone + BiFPN), any number of heads.
 
 ``model(images)`` returns each head's raw outputs keyed by task name — no loss, no NMS,
 no flag that changes what comes back. Which neck levels each head reads is resolved once

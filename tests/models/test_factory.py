@@ -61,7 +61,7 @@ def test_checkpoint_of_another_model_lists_keys(tmp_path):
     save_file({k: v.contiguous() for k, v in det_only.state_dict().items()}, str(path))
     with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): .*heads.seg"):
         create_model("test-efficientdet-seg", checkpoint=path)
-    with pytest.raises(CheckpointError, match=r"shape mismatches .*heads.det.cls_net.predict"):
+    with pytest.raises(CheckpointError, match=r"shape mismatches .*heads.det.cls_net.predict.*pass det=\{\"num_classes\": 5\}"):
         create_model("test-efficientdet", num_classes=3, checkpoint=path)
 
 
@@ -74,3 +74,13 @@ def test_backbone_weights_shortcut(tmp_path):
     m = create_model("test-efficientdet", backbone_weights=str(path))
     assert m.config.backbone.weights == str(path)
     torch.testing.assert_close(m.backbone.body.conv_stem.weight, full.conv_stem.weight)
+
+
+def test_config_from_a_mapping():
+    from multitask_edet.config_utils import to_dict
+
+    cfg = to_dict(get_model_config("test-efficientdet"))
+    cfg["neck"]["channels"] = 8
+    assert create_model(cfg).neck.channels == 8
+    with pytest.raises(ConfigError, match="model.neck.bad"):
+        create_model({"neck": {"bad": 1}})
