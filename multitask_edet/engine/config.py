@@ -280,7 +280,7 @@ def default_recipe(tasks: Sequence[str], dataset: str | None) -> str:
         return "seg-voc-d4"
     if "det" in tasks and "seg" in tasks:
         return "joint-coco-voc" if "+" in ds else "joint-voc-d0"
-    if ds.startswith("voc"):
+    if ds in ("voc0712", "voc2007"):  # the VOC detection benchmark: trainval → 2007 test
         return "det-voc-d0"
     return "det-coco-d0"
 

@@ -14,6 +14,7 @@ absolute difference is reported (and must stay below ``tolerance``).
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,9 @@ def export_onnx(
     names = [n for *_, n in layout]
     x = torch.randn(batch_size, 3, *size, generator=torch.Generator().manual_seed(0))
     dynamic = {n: {0: "batch"} for n in ["images"] + names} if dynamic_batch else None
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the input-size check in forward sees the traced (fixed) H, W: nothing to generalise
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper, (x,), str(out), input_names=["images"], output_names=names, opset_version=opset,
             dynamic_axes=dynamic, dynamo=False,

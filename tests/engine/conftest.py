@@ -8,8 +8,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from multitask_edet.cli import main
+
+
+class _threads:
+    """One intra-op thread: tiny-op training loops crawl with OpenMP spinning on a busy box."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _engine_one_thread():
+    with _threads():
+        yield
 
 
 def tiny_train_args(root: Path, out: Path, task: str = "det,seg", *extra: str) -> list[str]:
@@ -40,5 +58,6 @@ def shapes_root(tmp_path_factory) -> Path:
 def trained_run(shapes_root, tmp_path_factory) -> Path:
     """A det+seg run of one epoch (4 steps) with its final evaluation."""
     out = tmp_path_factory.mktemp("runs") / "joint"
-    assert main(tiny_train_args(shapes_root, out, "det,seg", "--set", "log.tensorboard=true")) == 0
+    with _threads():
+        assert main(tiny_train_args(shapes_root, out, "det,seg", "--set", "log.tensorboard=true")) == 0
     return out

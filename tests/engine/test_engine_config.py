@@ -46,7 +46,7 @@ def test_paper_recipe_defaults():
 
 @pytest.mark.parametrize(
     "tasks, dataset, recipe",
-    [(["det"], None, "det-coco-d0"), (["det"], "voc0712", "det-voc-d0"), (["seg"], None, "seg-voc-d4"),
+    [(["det"], None, "det-coco-d0"), (["det"], "voc0712", "det-voc-d0"), (["det"], "voc2012", "det-coco-d0"), (["seg"], None, "seg-voc-d4"),
      (["det", "seg"], "voc2012", "joint-voc-d0"), (["det", "seg"], "coco+voc2012", "joint-coco-voc")],
 )  # fmt: skip
 def test_default_recipe_per_task(tasks, dataset, recipe):

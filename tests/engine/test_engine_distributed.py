@@ -38,13 +38,9 @@ def test_torchrun_two_processes_train_and_evaluate_like_one(shapes_root, tmp_pat
     # comparison checks the sharding and merging, not float noise: an untrained detector's
     # near-equal scores make AP sensitive to the last bit of a logit.
     single = tmp_path / "single-eval"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu", "--max-images", "3",
-                     "--batch-size", "1", "--output", str(single)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == 1  # tests/engine/conftest.py
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu", "--max-images", "3",
+                 "--batch-size", "1", "--output", str(single)]) == 0
     metrics = json.loads((single / "metrics.json").read_text())["metrics"]
     compared = 0
     for task, values in metrics.items():

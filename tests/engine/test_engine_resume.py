@@ -31,7 +31,7 @@ def _losses(run):
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(shapes_root, tmp_path, tiny_args):
     extra = ("--epochs", "2", "--set", "eval.every_epochs=0", "--set", "eval.max_images=2")
     killed = tmp_path / "killed"
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "multitask_edet", *tiny_args(shapes_root, killed, "det,seg", *extra)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = killed / "metrics.jsonl"

@@ -1,0 +1,93 @@
+"""What a trained run gives users: `mtedet eval`, `predict` and `export` (issue 5 items 6–8)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from multitask_edet.cli import main
+
+
+def test_eval_prints_tables_and_writes_json_and_pictures(trained_run, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["eval", "--checkpoint", str(trained_run / "best.pt"), "--device", "cpu", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "IoU" in printed and "background" in printed and "AP50" in printed
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["dataset"] == "shapes" and report["split"] == "val"
+    assert set(report["metrics"]) == {"det", "seg"} and 0 <= report["metrics"]["seg"]["mIoU"] <= 1
+    # same weights (EMA of the final step) as the run's own final evaluation
+    recs = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in recs if r["type"] == "eval"][-1]
+    assert final["seg/mIoU"] == pytest.approx(report["metrics"]["seg"]["mIoU"], abs=1e-6)
+    for pic in ("det_pr_curves.png", "seg_confusion_matrix.png"):
+        with Image.open(out / pic) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_eval_on_a_dataset_with_other_classes_is_a_clear_error(trained_run, tmp_path, capsys):
+    from multitask_edet.datasets.testing import write_voc_tree
+
+    write_voc_tree(tmp_path / "voc")
+    code = main(["eval", "--checkpoint", str(trained_run / "last.pt"), "--device", "cpu", "--dataset", "voc2012",
+                 "--data-root", str(tmp_path / "voc"), "--output", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "classes" in err and "Traceback" not in err
+
+
+def test_predict_writes_json_mask_and_overlay_in_original_coordinates(trained_run, shapes_root, tmp_path):
+    images = sorted((shapes_root / "VOC" / "JPEGImages").glob("val_*.jpg"))[:3]
+    out = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(trained_run / "model.safetensors"), *map(str, images), "--out", str(out),
+                 "--device", "cpu", "--batch-size", "2", "--score-threshold", "0.0"]) == 0
+    for img in images:
+        rec = json.loads((out / f"{img.stem}.json").read_text())
+        with Image.open(img) as im:
+            w, h = im.size
+        assert (rec["width"], rec["height"]) == (w, h)
+        assert rec["detections"], "score threshold 0 keeps the detections of an untrained model"
+        for d in rec["detections"]:
+            x0, y0, x1, y1 = d["box"]
+            assert -1 <= x0 <= x1 <= w + 1 and -1 <= y0 <= y1 <= h + 1
+            assert d["class"] in ("circle", "square", "triangle", "star", "cross") and 0 <= d["score"] <= 1
+        with Image.open(out / rec["segmentation"]["mask"]) as m:
+            assert m.mode == "P" and m.size == (w, h)
+            assert np.asarray(m).max() <= 5
+        with Image.open(out / rec["overlay"]) as o:
+            assert o.size == (w, h)
+    # a folder works too; a missing path is one clear error line
+    assert main(["predict", "--checkpoint", str(trained_run / "last.pt"), str(images[0].parent), "--out",
+                 str(tmp_path / "all"), "--device", "cpu", "--no-overlay"]) == 0
+    assert len(list((tmp_path / "all").glob("*.json"))) == len(list(images[0].parent.glob("*.jpg")))
+    assert main(["predict", "--checkpoint", str(trained_run / "last.pt"), str(tmp_path / "nope.jpg"), "--out",
+                 str(tmp_path / "n")]) == 2
+
+
+def test_export_onnx_matches_pytorch(trained_run, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(trained_run / "last.pt"), "--format", "onnx", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs diff" in printed
+    desc = json.loads(out.with_suffix(".json").read_text())
+    assert desc["max_abs_diff"] <= 1e-4
+    names = list(desc["outputs"])
+    assert names == [f"det_cls_p{l}" for l in range(3, 8)] + [f"det_box_p{l}" for l in range(3, 8)] + ["seg_logits"]
+    anchors = np.load(out.with_suffix(".anchors.npy"))
+    # every anchor pairs with one flattened row of the class/box outputs
+    rows = sum(np.prod(desc["outputs"][f"det_box_p{l}"]["shape"][2:]) * 9 for l in range(3, 8))
+    assert anchors.shape == (rows, 4) == (desc["det"]["num_anchors_total"], 4)
+    assert desc["outputs"]["seg_logits"]["shape"] == [1, 6, 128, 128]
+    # independent check with onnxruntime on a fresh input
+    import onnxruntime as ort
+    import torch
+
+    from multitask_edet.engine.build import load_trained
+
+    x = np.random.default_rng(1).standard_normal((1, 3, 128, 128)).astype(np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    with torch.no_grad():
+        ref = load_trained(trained_run / "last.pt").model(torch.from_numpy(x))
+    assert np.abs(got[0] - ref["det"]["cls"][0].numpy()).max() <= 1e-4
+    assert np.abs(got[-1] - ref["seg"].numpy()).max() <= 1e-4
