@@ -310,7 +310,14 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
                                                            CheckpointHook(checkpointer, t.checkpoint_every_steps), logger]
     trainer.register_hooks(hooks)
     if resume is not None:
-        checkpointer.resume(resume)
+        ckpt = checkpointer.resume(resume)
+        saved_max = ckpt["state"].get("max_steps", max_steps)
+        if saved_max != max_steps:
+            # a run extended (or shortened) on resume: the cosine now ends at the new last step
+            log.warning("resuming with %d total steps instead of %d: the LR schedule is stretched to the new end",
+                        max_steps, saved_max)
+            for fn in scheduler.lr_lambdas:
+                fn.total_steps = max_steps
         log.info("resumed from %s at step %d (epoch %d, iteration %d)", resume, trainer.step, trainer.epoch,
                  trainer.iter_in_epoch)
     if is_main_process():
