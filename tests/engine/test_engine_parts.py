@@ -131,3 +131,68 @@ def test_resumable_sampler_skips_what_was_consumed():
 def test_shard_sampler_partitions_without_duplicates():
     parts = [list(ShardSampler(10, 3, r)) for r in range(3)]
     assert sorted(sum(parts, [])) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
+
+
+# ---------------------------------------------------------------- logging and evaluation helpers
+
+class _FakeTrainer:
+    def __init__(self):
+        self.step, self.max_steps, self.epoch, self.iter_in_epoch = 0, 4, 0, 0
+        self.stop_reason, self.nonfinite_total, self.step_metrics = None, 0, {}
+
+    @property
+    def stopping(self):
+        return self.stop_reason is not None
+
+
+class _Tty(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_on_a_terminal_plain_lines_otherwise(tmp_path, tty):
+    import io
+    import json
+
+    from multitask_edet.engine.hooks import MetricsLogger
+
+    stream = _Tty() if tty else io.StringIO()
+    logger = MetricsLogger(tmp_path, every_steps=2, tensorboard=False, progress="auto", global_batch=8, stream=stream)
+    logger.trainer = t = _FakeTrainer()
+    logger.before_train()
+    for k in range(4):
+        t.step = k + 1
+        t.step_metrics = {"loss": 1.0 / t.step, "loss/det": 0.5, "lr": 0.01, "step_time": 0.5}
+        logger.after_step()
+    logger.after_train()
+    text = stream.getvalue()
+    if tty:
+        assert "4/4" in text and "loss=0.2500" in text and "img_s=16.0" in text  # tqdm bar with postfix
+    else:
+        lines = text.strip().splitlines()
+        assert len(lines) == 2 and lines[-1].startswith("step 4/4") and "(det 0.5000)" in lines[-1]
+        assert "16.0 img/s" in lines[-1] and "eta" in lines[-1]
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [2, 4] and recs[1]["loss"] == 0.25
+
+
+def test_resumed_run_drops_metrics_logged_after_its_checkpoint(tmp_path):
+    import json
+
+    from multitask_edet.engine.hooks import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"type": "train", "step": s}) + "\n" for s in range(1, 6)) + '{"type": "tr')
+    truncate_metrics(path, 3)  # a kill after step 5 (mid-line); the checkpoint was at step 3
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_eval_drops_samples_that_stand_in_for_skipped_ones():
+    from multitask_edet.engine.evaluate import drop_replacements
+
+    batch = {"images": torch.zeros(3, 3, 4, 4), "meta": [{"image_id": 1}, {"image_id": 2, "skipped": [{"file": "x"}]},
+                                                           {"image_id": 3}], "mask": [None, None, torch.zeros(4, 4)]}
+    out = drop_replacements(batch)
+    assert out["images"].shape[0] == 2 and [m["image_id"] for m in out["meta"]] == [1, 3] and out["mask"][1] is not None
+    assert drop_replacements({"images": torch.zeros(1, 3, 4, 4), "meta": [{"skipped": [{}]}]}) is None
