@@ -87,3 +87,16 @@ def test_recipe_file_with_base_relative_to_itself(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="includes itself"):
         build_config(str(tmp_path / "loop.yaml"))
+
+
+def test_seg_trains_on_train_aug_when_sbd_is_present(tmp_path):
+    from multitask_edet.datasets.testing import write_sbd_tree, write_voc_tree
+    from multitask_edet.engine.build import default_train_split
+
+    tree = write_voc_tree(tmp_path)
+    assert default_train_split("voc2012", ["seg"], tmp_path, {}) == "train"
+    assert default_train_split("voc2012", ["det"], tmp_path, {}) == "train"
+    write_sbd_tree(tmp_path, tree, fmt="aug")
+    assert default_train_split("voc2012", ["seg"], tmp_path, {}) == "train_aug"
+    assert default_train_split("voc2012", ["det", "seg"], tmp_path, {}) == "train_aug"
+    assert default_train_split("voc0712", ["det"], tmp_path, {}) == "trainval"
