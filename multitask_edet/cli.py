@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "eval", help="evaluate a checkpoint: COCO AP / per-class IoU tables, JSON, pictures",
         description="Evaluate a checkpoint (last.pt, best.pt or model.safetensors of a run) on the val split of its "
-        "run's dataset, or on another dataset/split with the same classes. Prints the COCO AP table (det) and the "
+        "run's dataset, or on another dataset/split with the same classes. Prints the AP table (det; COCO or VOC protocol) and the "
         "per-class IoU table (seg); writes metrics.json, precision-recall curves (det) and a confusion matrix (seg).",
     )  # fmt: skip
     e.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")

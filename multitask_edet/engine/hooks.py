@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -181,7 +182,10 @@ class LRSchedulerHook(Hook):
         self.scheduler = scheduler
 
     def after_step(self) -> None:
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a skipped (non-finite) first step makes torch warn about the call order; intended here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            self.scheduler.step()
 
 
 # ---------------------------------------------------------------------------- evaluation
