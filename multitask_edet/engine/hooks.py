@@ -184,7 +184,7 @@ class LRSchedulerHook(Hook):
     def after_step(self) -> None:
         with warnings.catch_warnings():
             # a skipped (non-finite) first step makes torch warn about the call order; intended here
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.scheduler.step()
 
 
