@@ -391,8 +391,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    ok = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        ok = True
+        return code
     except (MtedetError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         if debug:
             raise
@@ -413,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         from .engine.distributed import shutdown_distributed
 
-        shutdown_distributed()
+        shutdown_distributed(wait_for_all=ok)
 
 
 if __name__ == "__main__":

@@ -270,7 +270,7 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
     seed_everything(cfg.train.seed + info.rank)
 
     t = cfg.train
-    loader = _train_loader(cfg, data, info)
+    loader = _train_loader(cfg, data, info, device)
     steps_per_epoch = len(loader)
     max_steps = t.max_steps or t.epochs * steps_per_epoch
     lr = t.lr if t.lr is not None else scaled_lr(t.base_lr, t.batch_size * info.world_size, t.base_batch)
@@ -291,35 +291,9 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
         amp_dtype=amp_dtype, clip_grad_norm=t.clip_grad_norm, channels_last=cfg.model.channels_last,
         max_nonfinite=t.max_nonfinite, loss_tasks=loss_tasks,
     )  # fmt: skip
-    checkpointer = Checkpointer(run_dir, trainer=trainer, scheduler=scheduler, ema=ema, config=cfg.to_dict(),
-                                class_names=data.class_names)
-    logger = MetricsLogger(run_dir, cfg.log.every_steps, cfg.log.tensorboard, cfg.log.progress,
-                           global_batch=t.batch_size * info.world_size)
-    eval_batch = cfg.eval.batch_size or t.batch_size
-
-    def eval_fn():
-        net = ema.module if (ema is not None and cfg.eval.use_ema) else unwrap(ddp_model)
-        broadcast_module_state(net)  # every shard scored with rank 0's weights and BN statistics
-        return evaluate(net, tasks, data.eval_sets, device=device, batch_size=eval_batch, workers=cfg.data.workers,
-                        amp_dtype=amp_dtype, max_images=cfg.eval.max_images)
-
-    eval_hook = EvalHook(eval_fn, cfg.tasks[0], checkpointer, logger, cfg.eval.every_epochs, cfg.eval.every_steps,
-                         report_dir=run_dir / "eval")
-    checkpointer.extra_state["eval"] = eval_hook
-    hooks = ([EMAHook(ema)] if ema is not None else []) + [LRSchedulerHook(scheduler), eval_hook,
-                                                           CheckpointHook(checkpointer, t.checkpoint_every_steps), logger]
-    trainer.register_hooks(hooks)
+    checkpointer, eval_hook = _attach_hooks(cfg, trainer, run_dir, data, scheduler, ema, amp_dtype, info)
     if resume is not None:
-        ckpt = checkpointer.resume(resume)
-        saved_max = ckpt["state"].get("max_steps", max_steps)
-        if saved_max != max_steps:
-            # a run extended (or shortened) on resume: the cosine now ends at the new last step
-            log.warning("resuming with %d total steps instead of %d: the LR schedule is stretched to the new end",
-                        max_steps, saved_max)
-            for fn in scheduler.lr_lambdas:
-                fn.total_steps = max_steps
-        log.info("resumed from %s at step %d (epoch %d, iteration %d)", resume, trainer.step, trainer.epoch,
-                 trainer.iter_in_epoch)
+        _resume(checkpointer, scheduler, resume)
     if is_main_process():
         print(f"training {'+'.join(cfg.tasks)} on {cfg.data.dataset}: {len(data.train)} images, "
               f"{steps_per_epoch} steps/epoch, {max_steps} steps, lr {lr:.4g} at global batch "
@@ -330,13 +304,52 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
     return TrainResult(run_dir, trainer.step, trainer.epoch, trainer.stop_reason, eval_hook.last_results, best, skipped)
 
 
-def _train_loader(cfg: ExperimentConfig, data: Data, info: DistInfo) -> ResumableLoader:
+def _attach_hooks(cfg: ExperimentConfig, trainer: Trainer, run_dir: Path, data: Data, scheduler, ema, amp_dtype,
+                  info: DistInfo) -> tuple[Checkpointer, EvalHook]:
+    """EMA → LR schedule → evaluation (+ best.pt) → last.pt → logging, in that order."""
+    t = cfg.train
+    checkpointer = Checkpointer(run_dir, trainer=trainer, scheduler=scheduler, ema=ema, config=cfg.to_dict(),
+                                class_names=data.class_names)
+    logger = MetricsLogger(run_dir, cfg.log.every_steps, cfg.log.tensorboard, cfg.log.progress,
+                           global_batch=t.batch_size * info.world_size)
+
+    def eval_fn():
+        net = ema.module if (ema is not None and cfg.eval.use_ema) else unwrap(trainer.model)
+        broadcast_module_state(net)  # every shard scored with rank 0's weights and BN statistics
+        return evaluate(net, trainer.tasks, data.eval_sets, device=trainer.device,
+                        batch_size=cfg.eval.batch_size or t.batch_size, workers=cfg.data.workers, amp_dtype=amp_dtype,
+                        max_images=cfg.eval.max_images)
+
+    eval_hook = EvalHook(eval_fn, cfg.tasks[0], checkpointer, logger, cfg.eval.every_epochs, cfg.eval.every_steps,
+                         report_dir=run_dir / "eval")
+    checkpointer.extra_state["eval"] = eval_hook
+    hooks = [EMAHook(ema)] if ema is not None else []
+    hooks += [LRSchedulerHook(scheduler), eval_hook, CheckpointHook(checkpointer, t.checkpoint_every_steps), logger]
+    trainer.register_hooks(hooks)
+    return checkpointer, eval_hook
+
+
+def _resume(checkpointer: Checkpointer, scheduler, path: str | Path) -> None:
+    trainer = checkpointer.trainer
+    ckpt = checkpointer.resume(path)
+    saved_max = ckpt["state"].get("max_steps", trainer.max_steps)
+    if saved_max != trainer.max_steps:
+        # a run extended (or shortened) on resume: the cosine now ends at the new last step
+        log.warning("resuming with %d total steps instead of %d: the LR schedule is stretched to the new end",
+                    trainer.max_steps, saved_max)
+        for fn in scheduler.lr_lambdas:
+            fn.total_steps = trainer.max_steps
+    log.info("resumed from %s at step %d (epoch %d, iteration %d)", path, trainer.step, trainer.epoch,
+             trainer.iter_in_epoch)
+
+
+def _train_loader(cfg: ExperimentConfig, data: Data, info: DistInfo, device: torch.device) -> ResumableLoader:
     t = cfg.train
     batch_sampler = None
     if isinstance(data.train, MixedDataset):
         batch_sampler = MixedBatchSampler.for_dataset(data.train, t.batch_size, cfg.data.mix_ratio, seed=t.seed)
     return ResumableLoader(data.train, t.batch_size, collate_fn=collate, seed=t.seed, workers=cfg.data.workers,
-                           batch_sampler=batch_sampler, pin_memory=torch.cuda.is_available())
+                           batch_sampler=batch_sampler, pin_memory=device.type == "cuda")
 
 
 def _report_skipped(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:

@@ -78,8 +78,13 @@ def init_distributed(device: torch.device, info: DistInfo | None = None) -> Dist
     return info
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait_for_all: bool = True) -> None:
+    """Leave the process group. ``wait_for_all``: first meet every rank at a barrier, so that no
+    rank tears its connections down while another still uses them (gloo then aborts at exit).
+    Skip the barrier after an error: the other ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 
