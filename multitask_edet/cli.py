@@ -212,7 +212,7 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(output=args.output, device=args.device)
+    run_demo(output=args.output, device=args.device, max_steps=args.max_steps)
     return 0
 
 
@@ -377,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "print the AP and mIoU tables, write a checkpoint and overlay pictures.")
     dm.add_argument("--output", default="runs/demo", metavar="DIR", help="run folder (default runs/demo)")
     dm.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    dm.add_argument("--max-steps", type=int, metavar="N", help="shorten the run to N steps (a quick look; the AP/mIoU "
+                    "targets are for the full run)")
     dm.set_defaults(func=cmd_demo)
     return p
 
