@@ -94,11 +94,8 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
-    """Build dataclass ``cls`` from ``data``; unknown keys raise a ConfigError listing valid ones."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
+def _check_keys(data: dict[str, Any], names: set[str], where: str) -> None:
+    """An unknown key is an error naming it (with its path) and every valid key."""
     unknown = sorted(set(data) - names)
     if unknown:
         prefix = f"{where}." if where else ""
@@ -106,6 +103,13 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
             f"valid keys{' under ' + where if where else ''}: {', '.join(sorted(names))}"
         )
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise a ConfigError listing valid ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    _check_keys(data, {f.name for f in dataclasses.fields(cls) if f.init}, where)
     hints = _hints(cls)
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
@@ -132,14 +136,7 @@ def merge(cfg: C, updates: dict[str, Any], where: str = "") -> C:
     """Return a copy of dataclass ``cfg`` with nested ``updates`` applied (validated)."""
     if not isinstance(updates, dict):
         raise ConfigError(f"{where or type(cfg).__name__}: expected a mapping, got {updates!r}")
-    names = {f.name for f in dataclasses.fields(cfg)}
-    unknown = sorted(set(updates) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys{' under ' + where if where else ''}: {', '.join(sorted(names))}"
-        )
+    _check_keys(updates, {f.name for f in dataclasses.fields(cfg)}, where)
     hints = _hints(type(cfg))
     changes = {}
     for k, v in updates.items():
