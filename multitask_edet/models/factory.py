@@ -7,6 +7,7 @@ levels moves ``min_level`` accordingly, unless ``neck.min_level`` fixes it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +21,8 @@ from .backbone import Backbone, key_report, read_state_dict
 from .bifpn import BiFPN
 from .heads import HEADS, build_head
 from .model import MultiTaskEfficientDet
+
+log = logging.getLogger(__name__)
 
 BUILTIN_TASKS = ("det", "seg")
 
@@ -105,10 +108,17 @@ def create_model(
     tasks: tuple[str, ...] | list[str] | str | None = None,
     checkpoint: str | Path | None = None,
     extra_heads: Mapping[str, Any] | None = None,
+    strict: bool = True,
     **overrides,
 ) -> MultiTaskEfficientDet:
     """Build a model. ``tasks`` defaults to the config's; ``checkpoint`` loads our safetensors/
-    .pth weights or an effdet state dict (converted on the fly)."""
+    .pth weights or an effdet state dict (converted on the fly).
+
+    ``strict=False`` fine-tunes from a checkpoint of another class set or head set (a 90-class
+    COCO detector into a 20-class VOC model, a det-only checkpoint under a new seg head): every
+    weight whose name and shape fit is loaded, the rest keep their fresh initialisation, and
+    what was left out is logged.
+    """
     if isinstance(tasks, str):
         tasks = tuple(t.strip() for t in tasks.split(",") if t.strip())
     if tasks is not None:
@@ -138,21 +148,46 @@ def create_model(
     neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
     model = MultiTaskEfficientDet(backbone, neck, heads, config=cfg)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, strict=strict)
     return model
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load weights saved by us (safetensors / torch) or an effdet state dict, strictly."""
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> list[str]:
+    """Load weights saved by us (safetensors / torch) or an effdet state dict.
+
+    Strict by default: any missing, unexpected or wrong-shape key is an error listing them.
+    ``strict=False`` loads what fits and returns the model keys left at their initialisation.
+    """
     sd = read_state_dict(path)
     from ..compat.effdet import convert_effdet_state_dict, is_effdet_state_dict
 
     if is_effdet_state_dict(sd):
-        sd = convert_effdet_state_dict(sd, model)
+        # Fine-tuning converts into the detector effdet trained (its class count, P3-P7) and
+        # then loads what fits; a strict load converts straight into this model.
+        target = model
+        if not strict and model.config is not None:
+            neck = dataclasses.replace(model.config.neck, min_level=None)
+            target = dataclasses.replace(model.config, tasks=("det",), neck=neck)
+        sd = convert_effdet_state_dict(sd, target)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong_keys = [k for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in wrong_keys]
+    if not strict:
+        fit = {k: v for k, v in sd.items() if k in own and k not in wrong_keys}
+        if not fit:
+            raise CheckpointError(f"checkpoint {path} shares no weight with model {getattr(model.config, 'name', '?')}")
+        with torch.no_grad():
+            model.load_state_dict(fit, strict=False)
+        left = missing + wrong_keys
+        if left or unexpected:
+            log.warning(
+                "fine-tuning from %s: %d tensors loaded; kept the fresh initialisation of %d (%s); "
+                "ignored %d checkpoint tensors the model lacks",
+                path, len(fit), len(left), ", ".join(left[:6]) + (" …" if len(left) > 6 else ""), len(unexpected),
+            )
+        return left
     if missing or unexpected or wrong:
         shapes = f"; shape mismatches (checkpoint vs model): {', '.join(wrong[:10])}" if wrong else ""
         raise CheckpointError(
@@ -161,6 +196,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         )
     with torch.no_grad():
         model.load_state_dict(sd)
+    return []
 
 
 def _class_hint(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
@@ -172,4 +208,4 @@ def _class_hint(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
             n = sd[key].shape[0] // getattr(head, "num_anchors", 1)
             if n != head.num_classes:
                 hints.append(f'{task}={{"num_classes": {n}}}')
-    return f" — the checkpoint has other class counts: pass {', '.join(hints)}" if hints else ""
+    return f" — the checkpoint has other class counts: pass {', '.join(hints)}, or strict=False to fine-tune with fresh class predictors" if hints else ""
