@@ -171,7 +171,10 @@ def model_overrides(cfg: ExperimentConfig, class_names: Mapping[str, Sequence[st
 
 def build_model(cfg: ExperimentConfig, class_names: Mapping[str, Sequence[str]], checkpoint: str | None = None) -> nn.Module:
     ckpt = checkpoint if checkpoint is not None else cfg.model.checkpoint
-    return create_model(cfg.model.name, tasks=tuple(cfg.tasks), checkpoint=ckpt, **model_overrides(cfg, class_names))
+    strict = checkpoint is not None or cfg.model.checkpoint_strict
+    return create_model(
+        cfg.model.name, tasks=tuple(cfg.tasks), checkpoint=ckpt, strict=strict, **model_overrides(cfg, class_names)
+    )
 
 
 def build_tasks(cfg: ExperimentConfig, model: nn.Module, class_names: Mapping[str, Sequence[str]]) -> dict[str, Task]:

@@ -37,6 +37,9 @@ class ModelSpec:
     name: str = "efficientdet-d0"
     #: initial weights: our checkpoint/safetensors or an effdet state dict (converted on load)
     checkpoint: str | None = None
+    #: false = fine-tune: load every weight of ``checkpoint`` whose name and shape fit (e.g. COCO
+    #: weights into a 20-class VOC model or under a new seg head), keep the fresh init of the rest
+    checkpoint_strict: bool = True
     #: (H, W) network input; None = the variant's native size. Multiple of 2**max_level.
     image_size: tuple[int, int] | None = None
     #: overrides of the variant's BackboneConfig / NeckConfig / DetHeadConfig / SegHeadConfig

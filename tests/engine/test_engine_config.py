@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from multitask_edet.config_utils import from_dict
 from multitask_edet.engine.config import (
@@ -100,3 +101,27 @@ def test_seg_trains_on_train_aug_when_sbd_is_present(tmp_path):
     assert default_train_split("voc2012", ["seg"], tmp_path, {}) == "train_aug"
     assert default_train_split("voc2012", ["det", "seg"], tmp_path, {}) == "train_aug"
     assert default_train_split("voc0712", ["det"], tmp_path, {}) == "trainval"
+
+
+def test_initial_weights_fine_tune_across_class_sets(tmp_path):
+    """model.checkpoint_strict=false seeds a 5-class model from a 90-class detector."""
+    from safetensors.torch import save_file
+
+    from multitask_edet.engine.build import build_model
+    from multitask_edet.engine.config import config_from_dict
+    from multitask_edet.models.factory import create_model
+
+    src = create_model("test-efficientdet", tasks=("det",), det={"num_classes": 90})
+    path = tmp_path / "coco.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    names = {"det": [f"c{i}" for i in range(5)]}
+    cfg = config_from_dict({"model": {"name": "test-efficientdet", "checkpoint": str(path)}, "tasks": ["det"]})
+    with pytest.raises(Exception, match="strict=False"):
+        build_model(cfg, names)
+    cfg = config_from_dict(
+        {"model": {"name": "test-efficientdet", "checkpoint": str(path), "checkpoint_strict": False}, "tasks": ["det"]}
+    )
+    model = build_model(cfg, names)
+    assert model.heads["det"].num_classes == 5
+    key = "heads.det.box_net.predict.conv_pw.weight"
+    assert torch.equal(model.state_dict()[key], src.state_dict()[key])
