@@ -292,3 +292,77 @@ def test_parse_dataset_spec():
     assert parse_dataset_spec("shapes", ["det", "seg"]) == {"det": "shapes", "seg": "shapes"}
     with pytest.raises(ConfigError, match="one dataset per task"):
         parse_dataset_spec("coco+voc2012+x", ["det", "seg"])
+
+
+# --------------------------------------------------------------------------------------
+# the real trunk, tasks and trainer step
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def joint_parts(tmp_path_factory):
+    """A det+seg test model, its tasks, and one real batch (boxes and masks) of shapes."""
+    from multitask_edet.datasets import build_dataset, write_shapes
+    from multitask_edet.datasets.base import collate
+    from multitask_edet.datasets.transforms import train_transforms
+
+    root = write_shapes(tmp_path_factory.mktemp("shapes"), num_train=4, num_val=1, image_size=64)
+    ds = build_dataset("shapes", root, "train", ("det", "seg"), train_transforms(64, ("det", "seg"), scale_range=(1, 1)))
+    return ds.class_names, collate([ds[i] for i in range(4)])
+
+
+def _joint_trainer(class_names, freeze=(), momentum=0.9, weight_decay=1e-2, weighting="fixed"):
+    from multitask_edet.engine.trainer import Trainer
+    from multitask_edet.models.factory import create_model
+    from multitask_edet.tasks.detection import DetectionTask
+    from multitask_edet.tasks.segmentation import SegmentationTask
+
+    torch.manual_seed(0)
+    model = create_model("test-efficientdet", tasks=("det", "seg"), image_size=(64, 64), neck={"max_level": 5},
+                         det={"num_classes": len(class_names["det"]), "levels": (3, 4, 5)},
+                         seg={"num_classes": len(class_names["seg"])})
+    mc = model.config
+    tasks = {"det": DetectionTask(mc.det, class_names=class_names["det"]),
+             "seg": SegmentationTask(mc.seg, class_names=class_names["seg"])}
+    apply_freeze(model, freeze)
+    loss_tasks = [t for t in tasks if t not in frozen_tasks(model, freeze)]
+    w = build_weighting(weighting, loss_tasks)
+    opt = torch.optim.SGD(build_param_groups(model, 0.05, weight_decay) + w.param_groups(0.05), lr=0.05, momentum=momentum)
+    return Trainer(model, tasks, opt, loader=None, device=torch.device("cpu"), max_steps=10, weighting=w,
+                   loss_tasks=loss_tasks), model
+
+
+def _without(batch, keys):
+    return {k: ([None] * len(v) if k in keys else v) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
+def test_batch_without_seg_labels_leaves_seg_head_bit_identical(joint_parts, weighting):
+    class_names, batch = joint_parts
+    trainer, model = _joint_trainer(class_names, weighting=weighting)
+    trainer.run_step(batch)  # both tasks: momentum buffers now exist for every parameter
+    seg_before = _snapshot(model.heads["seg"])
+    det_before = _snapshot(model.heads["det"])
+    log_var = trainer.weighting.log_vars["seg"].detach().clone() if weighting == "uncertainty" else None
+    for _ in range(2):
+        trainer.run_step(_without(batch, ("mask",)))
+    assert "loss/seg" not in trainer.step_metrics and "weight/det" in trainer.step_metrics
+    after = model.heads["seg"].state_dict()
+    assert all(torch.equal(seg_before[k], after[k]) for k in seg_before)
+    assert not torch.equal(det_before["cls_net.predict.conv_pw.weight"], model.heads["det"].cls_net.predict.conv_pw.weight)
+    if log_var is not None:
+        assert torch.equal(log_var, trainer.weighting.log_vars["seg"].detach())
+
+
+def test_frozen_seg_head_contributes_no_loss_and_trunk_freeze_is_exact(joint_parts):
+    class_names, batch = joint_parts
+    trainer, model = _joint_trainer(class_names, freeze=["backbone", "seg"])
+    assert trainer.loss_tasks == ["det"]
+    frozen_before = {**{f"b.{k}": v for k, v in _snapshot(model.backbone).items()},
+                     **{f"s.{k}": v for k, v in _snapshot(model.heads["seg"]).items()}}
+    neck_before = _snapshot(model.neck)
+    for _ in range(3):
+        trainer.run_step(batch)
+    assert trainer.step_applied and not any(k.startswith(("loss/seg", "weight/seg")) for k in trainer.step_metrics)
+    frozen_after = {**{f"b.{k}": v for k, v in model.backbone.state_dict().items()},
+                    **{f"s.{k}": v for k, v in model.heads["seg"].state_dict().items()}}
+    assert all(torch.equal(frozen_before[k], frozen_after[k]) for k in frozen_before)  # incl. BN running stats
+    assert not all(torch.equal(neck_before[k], model.neck.state_dict()[k]) for k in neck_before)

@@ -17,6 +17,13 @@ new modules without the hook.) A task whose head is frozen is dropped from the l
 Weight decay: none on normalisation parameters and biases by default (issue 5; timm and
 detectron2 do the same). The BiFPN fusion weights keep their decay, as in the TF reference.
 
+``keep_buffers`` restores the BatchNorm running statistics of modules across a forward pass:
+the trainer wraps the forward with it for the heads of tasks absent from the batch, so that
+such a head ends the step bit-identical — parameters *and* statistics — instead of drifting
+towards the statistics of another dataset's images in mixed-dataset training. (Restoring
+after the pass, rather than switching those heads to eval mode, keeps SyncBatchNorm's
+collectives identical on every rank.)
+
 ``drop_grads`` sets gradients to ``None``. torch optimizers skip a parameter whose grad is
 None, while a zero grad still moves it under SGD momentum and weight decay (and Adam's moment
 estimates): a task absent from a batch must have its head's grads dropped, not zeroed, for
@@ -24,7 +31,8 @@ its parameters to stay bit-identical.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -176,3 +184,20 @@ def drop_absent_task_grads(model: nn.Module, absent: Iterable[str], weighting: n
         drop_grads(task_head_parameters(model, t))
         if weighting is not None and hasattr(weighting, "task_parameters"):
             drop_grads(weighting.task_parameters(t))
+
+
+@contextmanager
+def keep_buffers(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Buffers (BN running statistics) of ``modules`` are restored when the block ends."""
+    saved = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def task_heads(model: nn.Module, tasks: Iterable[str]) -> list[nn.Module]:
+    model = unwrap(model)
+    return [model.heads[t] for t in tasks if t in _task_names(model)]

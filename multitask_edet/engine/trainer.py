@@ -33,7 +33,7 @@ from torch import nn
 from ..datasets.base import normalize_images
 from ..tasks.base import Task
 from .distributed import ResumableLoader, unwrap, world_size
-from .param_groups import drop_absent_task_grads
+from .param_groups import drop_absent_task_grads, keep_buffers, task_heads
 from .weighting import LossWeighting, sum_task_losses
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,14 @@ class Trainer:
 
     def run_step(self, batch: dict[str, Any]) -> None:
         """One optimisation step; sets ``step_applied`` and ``step_metrics``."""
+        present_local = [bool(self.tasks[t].has_targets(batch).any()) for t in self.loss_tasks]
+        # a head whose task this batch lacks keeps its BN statistics too (param_groups.keep_buffers);
+        # restored after the backward, which still needs the forward's buffers
+        absent_heads = task_heads(self.model, [t for t, p in zip(self.loss_tasks, present_local) if not p])
+        with keep_buffers(absent_heads):
+            self._run_step(batch, present_local)
+
+    def _run_step(self, batch: dict[str, Any], present_local: list[bool]) -> None:
         self.model.train()
         t0 = time.perf_counter()
         images = normalize_images(batch["images"], self.device, channels_last=self.channels_last)
@@ -179,7 +187,6 @@ class Trainer:
             outputs = self.model(images)
         outputs = to_float(outputs)
         loss_dicts = {t: self.tasks[t].loss(outputs[t], batch) for t in self.loss_tasks}
-        present_local = [bool(self.tasks[t].has_targets(batch).any()) for t in self.loss_tasks]
         task_losses, metrics = sum_task_losses(loss_dicts)
 
         total = None
