@@ -39,6 +39,12 @@ def _feature_levels(name: str) -> dict[int, int]:
 class Backbone(nn.Module):
     """``forward(images) → [P_min, …, P_max]`` (fine to coarse); ``levels`` and ``channels`` say what."""
 
+    #: On CPU, images are turned channels_last (NHWC) here, so the whole network runs in it:
+    #: oneDNN convolutions reorder NCHW activations at every layer otherwise, and D0 runs
+    #: 25–35% faster in NHWC (benchmarks/RESULTS.md). Values are unchanged. On GPUs the
+    #: layout is the caller's choice (the engine's ``model.channels_last``).
+    channels_last_on_cpu: bool = True
+
     def __init__(
         self,
         name: str,
@@ -79,6 +85,8 @@ class Backbone(nn.Module):
         self.channels = tuple(channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.channels_last_on_cpu and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
         feats = list(self.body(x))
         for m in self.extra:
             feats.append(m(feats[-1]))
