@@ -366,3 +366,28 @@ def test_frozen_seg_head_contributes_no_loss_and_trunk_freeze_is_exact(joint_par
                     **{f"s.{k}": v for k, v in model.heads["seg"].state_dict().items()}}
     assert all(torch.equal(frozen_before[k], frozen_after[k]) for k in frozen_before)  # incl. BN running stats
     assert not all(torch.equal(neck_before[k], model.neck.state_dict()[k]) for k in neck_before)
+
+
+@pytest.mark.slow
+def test_mixed_datasets_from_the_api(tmp_path, one_thread):
+    """Detection batches from shapes, segmentation batches from VOC 2012: each task keeps
+    its own classes and is evaluated on its own data; no batch carries both losses."""
+    import json
+
+    from multitask_edet import Experiment
+    from multitask_edet.datasets import write_shapes
+    from multitask_edet.datasets.testing import write_voc_tree
+
+    write_shapes(tmp_path / "shapes", num_train=6, num_val=2, image_size=64)
+    write_voc_tree(tmp_path)
+    exp = Experiment("demo-shapes", dataset={"det": "shapes", "seg": "voc2012"}, data_root=tmp_path,
+                     mix_ratio={"det": 1, "seg": 1}, max_steps=4, batch_size=2, output=tmp_path / "run",
+                     log={"every_steps": 1})
+    result = exp.train()
+    assert set(result.metrics) == {"det", "seg"}
+    assert "IoU/aeroplane" in result.metrics["seg"]  # VOC's 21 classes for seg ...
+    assert exp.load().class_names["det"] == ["circle", "square", "triangle", "star", "cross"]  # ... shapes' for det
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for s in steps if "loss" in s]
+    assert len(steps) == 4
+    assert [("loss/det" in s, "loss/seg" in s) for s in steps] == [(True, False), (False, True)] * 2
