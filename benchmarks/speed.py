@@ -47,6 +47,11 @@ from typing import Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Idle OpenMP threads sleep instead of spinning. With libgomp's default (spin), a 2-thread
+# run on a machine where another process holds a core becomes 10-30x slower and erratic: a
+# spinning thread burns the core its sibling waits for. Same for both implementations; set
+# OMP_WAIT_POLICY=ACTIVE to measure the default. Must be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # effdet's torch.jit.script
@@ -261,7 +266,14 @@ def check_inference(fns: dict) -> dict[str, float]:
 
 def check_training(ref, ours, batch, ref_target, mode: Mode) -> dict[str, float]:
     """One step of each on copies (the timed models stay as built): relative differences of
-    the losses, and the largest gradient difference relative to the largest gradient."""
+    the losses, and the largest gradient difference relative to the largest gradient.
+
+    Both run in the layout ours uses (channels_last on CPU): summation order alone moves the
+    backbone's stem gradient by ~1e-2 of its size between NCHW and NHWC (many-term sums with
+    cancellation, through train-mode BN), which would hide what this check is for.
+    """
+    if mode.device == "cpu" and getattr(ours.backbone, "channels_last_on_cpu", False):
+        mode = Mode(mode.device, mode.amp, channels_last=True, compile=mode.compile)
     fns, models = train_fns(copy.deepcopy(ref), copy.deepcopy(ours), batch, ref_target, mode)
     out_ref, out_ours = fns["effdet"](), fns["ours"]()
     diffs = {f"loss_{k}": abs(out_ref[k].item() - out_ours[k].item()) / max(1.0, abs(out_ref[k].item()))
@@ -593,7 +605,8 @@ def environment() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     vers = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "timm", "effdet", "segmentation_models_pytorch"))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (f"CPU {cpu} ({os.cpu_count()} cores visible), torch threads {torch.get_num_threads()}, GPU: {gpu}; "
+    return (f"CPU {cpu} ({os.cpu_count()} cores visible), torch threads {torch.get_num_threads()}, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, GPU: {gpu}; "
             f"{vers}; load average {os.getloadavg()[0]:.1f} / {os.getloadavg()[1]:.1f} / {os.getloadavg()[2]:.1f}")
 
 
