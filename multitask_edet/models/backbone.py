@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from .layers import resample
+from .layers import resample, use_adaptive_silu
 
 
 def _feature_levels(name: str) -> dict[int, int]:
@@ -75,6 +75,7 @@ class Backbone(nn.Module):
         )
         if weights:
             load_backbone_weights(self.body, weights)
+        use_adaptive_silu(self.body)  # timm's in-place SiLUs clone their input under autograd
         channels = list(self.body.feature_info.channels())
         # Levels above the backbone's top: each made from the one below.
         self.extra = nn.ModuleList()

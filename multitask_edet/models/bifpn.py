@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .layers import SeparableConv2d, init_conv_tf, resample
+from .layers import SeparableConv2d, SiLU, init_conv_tf, resample
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ class FusionNode(nn.Module):
         # activate that in place (it is another node's output).
         n = len(inputs)
         self.fuse = FUSIONS[fusion](n) if n > 1 else SumFusion(1)
-        self.act = nn.SiLU(inplace=n > 1 or not isinstance(self.inputs[0], nn.Identity))
+        self.act = SiLU(inplace=n > 1 or not isinstance(self.inputs[0], nn.Identity))
         self.conv = SeparableConv2d(channels, channels, 3, padding=padding, norm=True, act=False)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .layers import SeparableConv2d, batch_norm, init_conv_tf
+from .layers import SeparableConv2d, SiLU, batch_norm, init_conv_tf
 
 HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
 
@@ -53,7 +53,7 @@ class HeadNet(nn.Module):
         self.bns = nn.ModuleList(
             nn.ModuleList(batch_norm(channels) for _ in range(repeats)) for _ in range(num_levels)
         )
-        self.act = nn.SiLU(inplace=True)
+        self.act = SiLU()
         self.predict = SeparableConv2d(channels, out_channels, 3, padding=padding, bias=True, norm=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

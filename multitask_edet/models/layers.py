@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from timm.layers import create_conv2d, create_pool2d
 
 BN_EPS = 1e-3
@@ -31,6 +32,34 @@ def timm_padding(padding: str) -> str:
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class SiLU(nn.Module):
+    """SiLU/swish, in place only when autograd does not record its input.
+
+    Under autograd an in-place SiLU saves no memory: the backward needs the input, so autograd
+    clones it first — an extra pass over the tensor. Out of place is as big and faster; in
+    inference, in place saves an allocation. ``inplace=False`` for an input that others also
+    read (it must never be overwritten).
+    """
+
+    def __init__(self, inplace: bool = True):
+        super().__init__()
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x, inplace=self.inplace and not x.requires_grad)
+
+    def extra_repr(self) -> str:
+        return "inplace=no-grad only" if self.inplace else ""
+
+
+def use_adaptive_silu(module: nn.Module) -> None:
+    """Replace every in-place ``nn.SiLU`` below ``module`` (e.g. in a timm backbone) by ``SiLU``."""
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.SiLU and child.inplace:
+                setattr(parent, name, SiLU())
 
 
 class SeparableConv2d(nn.Sequential):
@@ -54,7 +83,7 @@ class SeparableConv2d(nn.Sequential):
         if norm:
             self.bn = batch_norm(out_channels)
         if act:
-            self.act = nn.SiLU(inplace=True)
+            self.act = SiLU()
 
 
 class ConvBn(nn.Sequential):
