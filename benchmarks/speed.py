@@ -19,23 +19,23 @@ The training step is what a trainer does: zero grads, forward, targets from the 
 (effdet: DetBenchTrain with its AnchorLabeler; ours: DetectionTask.loss), backward, SGD
 (momentum 0.9, weight decay 4e-5). Peak memory (CPU) is measured per implementation in a
 fresh subprocess that builds both models exactly as here, then runs two steps of one of
-them: peak RSS (ru_maxrss) minus the RSS before the first step = the memory a training step
+them: peak RSS (VmHWM) minus the RSS before the first step = the memory a training step
 adds (activations, gradients, optimizer state). tracemalloc cannot see torch's allocations;
 RSS sees all of them. On CUDA: torch.cuda.max_memory_allocated.
 
 Ours runs in its default memory layout (channels_last, see models/backbone.py); "ours fused"
 is ``fuse_for_inference(model)`` (BN folded into convs, models/fuse.py). With
-``--effdet-channels-last`` effdet is also timed with channels_last inputs and weights, to show
-what the layout alone gives. On a GPU (untested here: no GPU was available when this was
+``--ref-channels-last`` effdet (and smp) are also timed with channels_last inputs and weights,
+to show what the layout alone gives. On a GPU (untested here: no GPU was available when this was
 written) the modes bf16 autocast, channels_last and torch.compile are run for both as well.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -171,6 +171,12 @@ class Mode:
             return torch.autocast(self.device, enabled=False)
         return torch.autocast(self.device, dtype=self.amp)
 
+    @property
+    def tol(self) -> float | None:
+        """The agreement required before timing: fp32 eager must match (on CUDA with TF32 off
+        for the check, see exact_math); bf16 and compiled modes are only reported."""
+        return TOL if self.amp is None and not self.compile else None
+
     def place(self, model: nn.Module, x: torch.Tensor):
         model = model.to(self.device)
         x = x.to(self.device)
@@ -178,6 +184,27 @@ class Mode:
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         return model, x
+
+
+@contextlib.contextmanager
+def exact_math(device: str):
+    """fp32 convolutions/matmuls in full precision on CUDA (TF32 is PyTorch's default for convs)."""
+    if not device.startswith("cuda"):
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def gate(case: str, diffs: dict[str, float], mode: Mode, log) -> None:
+    log(f"{case}: check vs effdet " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    bad = {k: v for k, v in diffs.items() if mode.tol is not None and v > mode.tol}
+    if bad:
+        raise SystemExit(f"{case}: differs from effdet by more than {mode.tol}: {bad} — not timing it")
 
 
 def _sync(device: str) -> None:
@@ -215,7 +242,11 @@ def train_fns(ref, ours, batch: dict, ref_target: dict, mode: Mode):
     ours_m, xo = mode.place(ours, batch["images"])
     bench = DetBenchTrain(ref_m).train()
     ours_m.train()
-    ref_fwd, ours_fwd = (torch.compile(bench), torch.compile(ours_m)) if mode.compile else (bench, ours_m)
+    models = {"effdet": ref_m, "ours": ours_m}
+    ours_fwd = ours_m
+    if mode.compile:  # the networks; labelling and loss stay eager in both
+        bench.model = torch.compile(ref_m)
+        ours_fwd = torch.compile(ours_m)
     target = {k: v.to(mode.device) for k, v in ref_target.items()}
     task = DetectionTask(DetHeadConfig(num_classes=ours.heads["det"].num_classes))
     ours_batch = dict(batch, images=xo)
@@ -224,7 +255,7 @@ def train_fns(ref, ours, batch: dict, ref_target: dict, mode: Mode):
     def effdet_step():
         opts["effdet"].zero_grad(set_to_none=True)
         with mode.autocast():
-            out = ref_fwd(xr, target)
+            out = bench(xr, target)
         out["loss"].backward()
         opts["effdet"].step()
         return {"total": out["loss"].detach(), "cls": out["class_loss"].detach(), "box": out["box_loss"].detach()}
@@ -240,7 +271,6 @@ def train_fns(ref, ours, batch: dict, ref_target: dict, mode: Mode):
         return {"total": total.detach(), "cls": losses["det_cls"].detach(),
                 "box": losses["det_box"].detach() / task.loss_cfg.box_loss_weight}
 
-    models = {"effdet": bench.model, "ours": ours_m}
     return {"effdet": effdet_step, "ours": ours_step}, models
 
 
@@ -272,10 +302,11 @@ def check_training(ref, ours, batch, ref_target, mode: Mode) -> dict[str, float]
     backbone's stem gradient by ~1e-2 of its size between NCHW and NHWC (many-term sums with
     cancellation, through train-mode BN), which would hide what this check is for.
     """
-    if mode.device == "cpu" and getattr(ours.backbone, "channels_last_on_cpu", False):
-        mode = Mode(mode.device, mode.amp, channels_last=True, compile=mode.compile)
+    cl = mode.channels_last or (mode.device == "cpu" and getattr(ours.backbone, "channels_last_on_cpu", False))
+    mode = Mode(mode.device, mode.amp, channels_last=cl, compile=False)
     fns, models = train_fns(copy.deepcopy(ref), copy.deepcopy(ours), batch, ref_target, mode)
-    out_ref, out_ours = fns["effdet"](), fns["ours"]()
+    with exact_math(mode.device):
+        out_ref, out_ours = fns["effdet"](), fns["ours"]()
     diffs = {f"loss_{k}": abs(out_ref[k].item() - out_ours[k].item()) / max(1.0, abs(out_ref[k].item()))
              for k in out_ref}
     # effdet's gradients under our names: its state dict with each parameter replaced by its
@@ -325,7 +356,7 @@ def interleaved(fns: dict[str, Callable], reps: int, warmup: int, device: str = 
 
 
 def summarise(times: list[float], cpu: list[float] | None = None) -> dict[str, float]:
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    q = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else [times[0]] * 3
     out = {"median": statistics.median(times), "q1": q[0], "q3": q[2], "min": min(times), "max": max(times),
            "n": len(times)}
     if cpu:
@@ -333,13 +364,20 @@ def summarise(times: list[float], cpu: list[float] | None = None) -> dict[str, f
     return out
 
 
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(ln for ln in f if ln.startswith(field + ":"))
+    return int(line.split()[1]) * 1024  # kB
+
+
 def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return _status_bytes("VmRSS")
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    # VmHWM belongs to this process image; getrusage's ru_maxrss would not do: Linux carries
+    # it over fork + exec, so a child of a big parent reports the parent's size
+    return _status_bytes("VmHWM")
 
 
 def memory_child(spec: dict) -> dict:
@@ -407,17 +445,15 @@ def run_inference(args, variant, padding, size, mode: Mode, log) -> list[Row]:
     for batch in args.infer_batches:
         x = make_batch(batch, size, ours.heads["det"].num_classes)[0]["images"]
         fns = inference_fns(ref, ours, x, mode)
-        if args.effdet_channels_last and not mode.channels_last and mode.device == "cpu":
+        if args.ref_channels_last and not mode.channels_last and mode.device == "cpu":
             cl = Mode(mode.device, mode.amp, channels_last=True, compile=mode.compile)
             # a copy of each: place() converts the models it is given
             fns["effdet channels_last"] = inference_fns(
                 copy.deepcopy(ref), copy.deepcopy(ours), x, cl, fused=False)["effdet"]
-        diffs = check_inference(fns)
+        with exact_math(mode.device):
+            diffs = check_inference(fns)
         case = f"infer {effdet_name(variant, padding)} {size}² b{batch} [{mode.label}]"
-        bad = {k: v for k, v in diffs.items() if v > TOL}
-        log(f"{case}: check max|Δ| vs effdet " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-        if bad:
-            raise SystemExit(f"{case}: outputs differ from effdet by more than {TOL}: {bad}")
+        gate(case + " (max |Δ| of class/box outputs)", diffs, mode, log)
         if args.check_only:
             rows += [Row(case, k, batch, {}, check=v) for k, v in diffs.items()]
             continue
@@ -438,15 +474,12 @@ def run_training(args, variant, padding, size, mode: Mode, log) -> list[Row]:
     batch, target = make_batch(args.train_batch, size, ours.heads["det"].num_classes)
     case = f"train {effdet_name(variant, padding)} {size}² b{args.train_batch} [{mode.label}]"
     diffs = check_training(ref, ours, batch, target, mode)
-    log(f"{case}: check vs effdet " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
-    bad = {k: v for k, v in diffs.items() if v > TOL}
-    if bad:
-        raise SystemExit(f"{case}: training step differs from effdet by more than {TOL} (relative): {bad}")
+    gate(case + " (relative)", diffs, mode, log)
     worst = max(diffs.values())
     if args.check_only:
         return [Row(case, "ours", args.train_batch, {}, check=worst, extra=diffs)]
     fns, _ = train_fns(ref, ours, batch, target, mode)
-    if args.effdet_channels_last and not mode.channels_last and mode.device == "cpu":
+    if args.ref_channels_last and not mode.channels_last and mode.device == "cpu":
         cl = Mode(mode.device, mode.amp, channels_last=True, compile=mode.compile)
         fns["effdet channels_last"] = train_fns(copy.deepcopy(ref), copy.deepcopy(ours), batch, target, cl)[0]["effdet"]
     raw = interleaved(fns, args.train_reps, args.warmup, mode.device)
@@ -462,12 +495,12 @@ def run_training(args, variant, padding, size, mode: Mode, log) -> list[Row]:
     return rows
 
 
-def gpu_modes() -> list[Mode]:
-    """Modes run on a GPU beside fp32 eager (untested: no GPU was available when written)."""
-    if not torch.cuda.is_available():
-        return []
-    return [Mode("cuda"), Mode("cuda", amp=torch.bfloat16), Mode("cuda", amp=torch.bfloat16, channels_last=True),
-            Mode("cuda", amp=torch.bfloat16, channels_last=True, compile=True)]
+def extra_modes(device: str) -> list[Mode]:
+    """bf16 autocast, channels_last, torch.compile: run on a GPU beside the CPU fp32 eager case
+    (untested on a GPU: none was available when this was written; ``--extra-modes`` runs them
+    on the CPU, which exercises the same code)."""
+    return [Mode(device, amp=torch.bfloat16), Mode(device, amp=torch.bfloat16, channels_last=True),
+            Mode(device, amp=torch.bfloat16, channels_last=True, compile=True)]
 
 
 # --- segmentation: ours vs smp with the same encoder --------------------------------------------
@@ -499,46 +532,53 @@ def gmacs(model: nn.Module, size: int) -> float:
 
 
 def run_seg(args, log) -> list[Row]:
+    """Params, GMACs, inference and training-step time of d4-seg and smp's B4 models (CE loss)."""
     size, rows = args.seg_size, []
     models = seg_models()
     no_drop_path(*models.values())
-    fused = fuse_for_inference(models["efficientdet-d4-seg (ours)"])
-    x = torch.randn(1, 3, size, size)
     info = {k: {"params_M": sum(p.numel() for p in m.parameters()) / 1e6, "gmacs": gmacs(m, size)}
             for k, m in models.items()}
-
-    def infer(m):
-        def run():
-            with torch.inference_mode():
-                return _logits(m.eval()(x))
-        return run
-
-    fns = {k: infer(m) for k, m in models.items()}
-    fns["efficientdet-d4-seg (ours) fused"] = infer(fused)
-    raw = interleaved(fns, args.seg_reps, 1)
-    case = f"seg infer {size}² b1 [cpu fp32]"
-    for k, v in raw.items():
-        rows.append(Row(case, k, 1, summarise(v), extra=dict(info.get(k.replace(" fused", ""), {}))))
+    ours = "efficientdet-d4-seg (ours)"
+    variants = dict(models)
+    variants[ours + " fused"] = fuse_for_inference(models[ours])  # inference only
+    if args.ref_channels_last:  # smp in the layout ours runs in on CPU
+        for k, m in models.items():
+            if k != ours:
+                variants[k + " channels_last"] = copy.deepcopy(m).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, size, size)
     xb = torch.randn(args.seg_batch, 3, size, size)
     yb = torch.randint(0, 21, (args.seg_batch, size, size))
 
-    def train(m):
-        opt = _sgd(m)
+    def layout(k, t):
+        return t.contiguous(memory_format=torch.channels_last) if k.endswith("channels_last") else t
+
+    def infer(k, m):
+        xx = layout(k, x)
+
+        def run():
+            with torch.inference_mode():
+                return _logits(m.eval()(xx))
+        return run
+
+    def train(k, m):
+        opt, xx = _sgd(m), layout(k, xb)
 
         def run():
             m.train()
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(_logits(m(xb)), yb, ignore_index=255)
-            loss.backward()
+            F.cross_entropy(_logits(m(xx)), yb, ignore_index=255).backward()
             opt.step()
         return run
 
-    raw = interleaved({k: train(m) for k, m in models.items()}, args.seg_reps, 1)
-    case = f"seg train {size}² b{args.seg_batch} [cpu fp32]"
-    for k, v in raw.items():
-        rows.append(Row(case, k, args.seg_batch, summarise(v), extra=dict(info[k])))
+    base = lambda k: k.replace(" fused", "").replace(" channels_last", "")  # noqa: E731
+    for kind, make, batch in (("infer", infer, 1), ("train", train, args.seg_batch)):
+        fns = {k: make(k, m) for k, m in variants.items() if kind == "infer" or not k.endswith("fused")}
+        raw = interleaved(fns, args.seg_reps, 1)
+        case = f"seg {kind} {size}² b{batch} [cpu fp32]"
+        for k, v in raw.items():
+            rows.append(Row(case, k, batch, summarise(v, CPU_TIMES.get(k)), extra=dict(info[base(k)])))
     for r in rows:
-        log("  " + format_row(r))
+        log(f"  {r.case}: " + format_row(r) + f"  params {r.extra['params_M']:.1f}M  {r.extra['gmacs']:.1f} GMACs")
     return rows
 
 
@@ -584,6 +624,10 @@ def markdown(rows: list[Row]) -> str:
     for r in rows:
         if not r.times:
             continue
+        if "images_per_s" in r.extra:  # data pipeline: a rate, not a timing table
+            out += ["", f"**{r.case}**: {r.extra['images_per_s']:.1f} images/s per worker process"]
+            case = None
+            continue
         if r.case != case:
             case = r.case
             out += ["", f"**{case}**", "",
@@ -626,8 +670,10 @@ def parse_args(argv=None):
     p.add_argument("--train-reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--effdet-channels-last", action="store_true", help="also time effdet in channels_last")
+    p.add_argument("--ref-channels-last", action="store_true",
+                   help="also time effdet (and smp) in channels_last, the layout ours uses on CPU")
     p.add_argument("--no-memory", action="store_true", help="skip the training-memory subprocesses")
+    p.add_argument("--extra-modes", action="store_true", help="without a GPU: bf16/channels_last/compile on CPU")
     p.add_argument("--seg-size", type=int, default=512)
     p.add_argument("--seg-batch", type=int, default=2)
     p.add_argument("--seg-reps", type=int, default=3)
@@ -644,7 +690,11 @@ def run(args, log=print) -> list[Row]:
     torch.set_num_threads(args.threads)
     log(environment())
     rows: list[Row] = []
-    modes = [Mode()] + ([] if args.check_only else gpu_modes())
+    modes = [Mode()]
+    if torch.cuda.is_available() and not args.check_only:
+        modes += [Mode("cuda")] + extra_modes("cuda")
+    elif args.extra_modes and not args.check_only:
+        modes += extra_modes("cpu")
     for variant in args.variants:
         size = args.size or NATIVE_SIZE[variant]
         for padding in args.paddings:
