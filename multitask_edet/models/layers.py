@@ -109,8 +109,29 @@ class Upsample(nn.Module):
         return f"factor={int(self.factor)}"
 
 
+class SameMaxPool2d(nn.Module):
+    """TF SAME max-pool, kernel ``stride + 1``, without a padded copy of the input.
+
+    For a size divisible by the stride, SAME pads one -inf row/column at the bottom/right only,
+    exactly the window that ``ceil_mode`` adds, so no ``F.pad`` (timm's MaxPool2dSame pads every
+    call). Inputs are multiples of 2**max_level, so this is the path taken; other sizes use timm's.
+    """
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.padded = create_pool2d("max", kernel_size=stride + 1, stride=stride, padding="same")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
+            return self.padded(x)
+        return F.max_pool2d(x, self.stride + 1, self.stride, 0, ceil_mode=True)
+
+
 def downsample(factor: int, padding: str = "pytorch") -> nn.Module:
     """Max-pool with stride ``factor`` and kernel ``factor + 1`` (3×3/2 for one level down)."""
+    if padding == "same":
+        return SameMaxPool2d(factor)
     return create_pool2d("max", kernel_size=factor + 1, stride=factor, padding=timm_padding(padding))
 
 
