@@ -1,6 +1,6 @@
 """Detection + segmentation on one shared trunk, from Python (README: "Python API").
 
-Runs in about a minute on a laptop CPU; without max_steps it trains the demo's full 1,800 steps.
+Runs in about a minute on a laptop CPU; without max_steps it trains the demo's full 2,400 steps.
 """
 from multitask_edet import Experiment, build_dataset
 

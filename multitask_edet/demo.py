@@ -119,7 +119,8 @@ def _run_demo(output: str | Path, device: str, max_steps: int | None) -> dict[st
           f"({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})", flush=True)
 
     t = time.perf_counter()
-    root = ensure_shapes()
+    sizes = {k: v for k, v in cfg.data.options.items() if k in ("num_train", "num_val", "image_size", "seed")}
+    root = ensure_shapes(cfg.data.root, **sizes)
     print(f"[1/4] sample dataset 'shapes' ready in {root} ({time.perf_counter() - t:.1f} s)", flush=True)
 
     # The same seed and build order as run_training: this is the very initialisation it trains.

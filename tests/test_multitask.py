@@ -380,7 +380,7 @@ def test_mixed_datasets_from_the_api(tmp_path, one_thread):
 
     write_shapes(tmp_path / "shapes", num_train=6, num_val=2, image_size=64)
     write_voc_tree(tmp_path)
-    exp = Experiment("demo-shapes", dataset={"det": "shapes", "seg": "voc2012"}, data_root=tmp_path,
+    exp = Experiment("smoke-shapes", dataset={"det": "shapes", "seg": "voc2012"}, data_root=tmp_path,
                      mix_ratio={"det": 1, "seg": 1}, max_steps=4, batch_size=2, output=tmp_path / "run",
                      log={"every_steps": 1})
     result = exp.train()

@@ -68,7 +68,7 @@ def sum_task_losses(
 
 
 class LossWeighting(nn.Module):
-    """Base: fixed per-task weights. Subclasses change ``_combine`` only."""
+    """Base: fixed per-task weights. A rule is a ``_term`` (one task's share of the total)."""
 
     kind = "fixed"
 
