@@ -68,8 +68,9 @@ def table(rows: list[dict]) -> str:
 
 def write_section(text: str) -> None:
     old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    new = pattern.sub(lambda _: text.rstrip("\n"), old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
+    # the section's heading may carry a suffix, e.g. "## Joint vs single-task (issue 6)"
+    pattern = re.compile(rf"{re.escape(SECTION)}[^\n]*\n.*?(?=\n## |\Z)", re.S)
+    new = pattern.sub(lambda _: text.rstrip("\n") + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
     RESULTS.write_text(new.rstrip("\n") + "\n")
 
 
