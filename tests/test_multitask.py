@@ -335,7 +335,7 @@ def _without(batch, keys):
 
 
 @pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
-def test_batch_without_seg_labels_leaves_seg_head_bit_identical(joint_parts, weighting):
+def test_batch_without_seg_labels_leaves_seg_head_bit_identical(joint_parts, weighting, one_thread):
     class_names, batch = joint_parts
     trainer, model = _joint_trainer(class_names, weighting=weighting)
     trainer.run_step(batch)  # both tasks: momentum buffers now exist for every parameter
@@ -352,7 +352,7 @@ def test_batch_without_seg_labels_leaves_seg_head_bit_identical(joint_parts, wei
         assert torch.equal(log_var, trainer.weighting.log_vars["seg"].detach())
 
 
-def test_frozen_seg_head_contributes_no_loss_and_trunk_freeze_is_exact(joint_parts):
+def test_frozen_seg_head_contributes_no_loss_and_trunk_freeze_is_exact(joint_parts, one_thread):
     class_names, batch = joint_parts
     trainer, model = _joint_trainer(class_names, freeze=["backbone", "seg"])
     assert trainer.loss_tasks == ["det"]
