@@ -22,6 +22,7 @@ _API = {
     "Task": "multitask_edet.tasks",
     "Evaluator": "multitask_edet.tasks",
     "Forward": "multitask_edet.tasks",
+    "ExportGeometry": "multitask_edet.tasks",
     "build_task": "multitask_edet.tasks",
     "build_model_tasks": "multitask_edet.models.factory",
     "register_dataset": "multitask_edet.datasets",

@@ -133,15 +133,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
     from .engine.export import export_onnx
 
     desc = export_onnx(
-        args.checkpoint, args.out, image_size=args.image_size, batch_size=args.batch_size,
-        dynamic_batch=args.dynamic_batch, opset=args.opset, check=not args.no_check,
+        args.checkpoint, args.out, end_to_end=args.end_to_end, image_size=args.image_size,
+        batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
+        opset=args.opset, check=not args.no_check, overrides=parse_overrides(args.set),
     )  # fmt: skip
     out = Path(args.out).with_suffix(".onnx")
     arrays = [v for task in desc["tasks"].values() for k, v in task.items() if k.endswith("_file")]
     print(f"wrote {out}, {out.with_suffix('.json')}" + "".join(f", {out.parent / a}" for a in arrays))
+    if args.end_to_end:
+        print("inputs: " + ", ".join(f"{n} {v['dtype']} {v['shape']}" for n, v in desc["inputs"].items()))
+        print("outputs: " + ", ".join(f"{n} {v['dtype']} {v['shape']}" for n, v in desc["outputs"].items()))
     if "max_abs_diff" in desc:
         print(f"onnxruntime vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
     return 0
@@ -295,17 +300,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- export
     ex = sub.add_parser(
-        "export", help="export to ONNX: raw head outputs (no NMS), anchors, a JSON of what outputs mean",
-        description="Export the network's raw outputs to ONNX (no NMS in the graph), with OUT.anchors.npy (the "
-        "anchors in the order of the flattened detection outputs) and OUT.json (input normalisation, output "
-        "meaning, box decoding, class names). The export is checked against PyTorch with onnxruntime.",
+        "export", help="export to ONNX: end-to-end (image in, boxes and masks out) or raw head outputs",
+        description="Export to ONNX. Default (raw): the network's raw outputs, no NMS in the graph, with "
+        "OUT.det.anchors.npy (the anchors in the order of the flattened detection outputs) and OUT.json (input "
+        "normalisation, output meaning, box decoding, class names). --end-to-end: one graph from letterboxed uint8 "
+        "images and their original sizes to predictions, normalisation, box decoding, per-class NMS "
+        "(NonMaxSuppression) and top-k inside: boxes/scores/labels/num_detections per detection task (boxes in "
+        "original pixels) and a class-index mask at the input size per segmentation task; OUT.json says how to "
+        "letterbox. The export is checked against PyTorch with onnxruntime.",
     )  # fmt: skip
     ex.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
     ex.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
     ex.add_argument("out", metavar="OUT", help="output file (.onnx)")
     ex.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the run's)")
     ex.add_argument("--batch-size", type=int, default=1, metavar="N", help="batch size of the exported graph (default 1)")
-    ex.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
+    ex.add_argument("--end-to-end", action="store_true",
+                    help="image in, predictions out: normalisation, decoding, NMS and top-k inside the graph")
+    ex.add_argument("--dynamic-batch", action="store_true", help="raw export: make the batch dimension dynamic "
+                    "(always dynamic end-to-end)")
+    ex.add_argument("--dynamic-size", action="store_true",
+                    help="end-to-end: accept any input height/width that is a multiple of 2**max_level")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change post-processing baked into an end-to-end graph, e.g. --set det.postprocess.score_threshold=0.3")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ex.set_defaults(func=cmd_export)

@@ -12,7 +12,9 @@ everything specific to it, the way a timm entrypoint owns its model:
 - ``build_head(in_channels, padding)``: its head, which the model factory calls.
 - ``loss``, ``predict`` (the one inference entry that evaluation, ``mtedet predict`` and the
   Python API share, so test-time augmentation works everywhere), ``evaluator``, ``record``
-  and ``draw`` (what ``mtedet predict`` writes), ``export_outputs`` (what ONNX export names).
+  and ``draw`` (what ``mtedet predict`` writes), ``export_outputs`` (what a raw ONNX export
+  names) and ``export_postprocess`` (the task's inference inside an end-to-end exported graph:
+  what ``predict`` computes, as traceable tensor operations with fixed-rank outputs).
 
 A model may hold several instances of one type under different names — two segmentation heads
 ``drivable`` and ``lane`` with their own class sets — each with its own config section, head,
@@ -101,6 +103,24 @@ class Forward:
         if flip not in self._cache:
             self._cache[flip] = self._run(self.images.flip(-1) if flip else self.images)
         return self._cache[flip]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportGeometry:
+    """Where the images of an end-to-end exported graph come from (engine/export.py).
+
+    The caller letterboxes every image into the input the way evaluation does
+    (datasets/transforms.py ``eval_transforms``): scaled by ``min(H / h0, W / w0)`` to fit,
+    placed at the top-left corner, padded bottom/right. ``input = scale · original`` in
+    continuous pixel coordinates, so ``original = input / scale``.
+    """
+
+    #: (H, W) of the network input (ints, or 0-dim tensors when traced with a dynamic size)
+    image_size: tuple[Any, Any]
+    #: (B, 2) float32: (h0, w0) of every image before the letterbox
+    orig_sizes: torch.Tensor
+    #: (B,) float32: the letterbox scale of every image, ``min(H / h0, W / w0)``
+    scales: torch.Tensor
 
 
 class Task(ABC):
@@ -192,6 +212,22 @@ class Task(ABC):
         raise ConfigError(
             f"task {self.name!r} ({type(self).__name__}) returns {type(outputs).__name__} outputs; "
             "override Task.export_outputs to name its tensors for export"
+        )
+
+    def export_postprocess(self, forward: Forward, geometry: ExportGeometry) -> dict[str, torch.Tensor]:
+        """This task's predictions inside an end-to-end exported graph, as named tensors.
+
+        The counterpart of ``predict`` for a graph (ONNX, ``torch.export``): the same result,
+        batched, from traceable tensor operations only — no Python loop over images, no
+        data-dependent output shapes (pad to a fixed count and return how many are valid).
+        ``forward()[self.name]`` are this task's raw outputs (``forward(flip=True)`` those of the
+        mirrored images); ``geometry`` maps input pixels back to the original images. The names
+        become graph outputs (prefixed with ``<task>_`` when the model has several tasks).
+        """
+        raise ConfigError(
+            f"task {self.name!r} ({type(self).__name__}) has no end-to-end export: implement "
+            "Task.export_postprocess(forward, geometry) to return its predictions as named tensors, "
+            "or export the raw outputs (mtedet export without --end-to-end)"
         )
 
     def export_arrays(self, image_size: tuple[int, int]) -> dict[str, Any]:
