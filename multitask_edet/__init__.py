@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "create_model": "multitask_edet.models.factory",
+    "from_pretrained": "multitask_edet.hub",
     "list_models": "multitask_edet.config",
     "get_model_config": "multitask_edet.config",
     "ModelConfig": "multitask_edet.config",

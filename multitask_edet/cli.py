@@ -152,6 +152,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace) -> int:
+    from .engine.builders import load_for_inference
+    from .hub import push
+
+    trained = load_for_inference(args.source)
+    url = push(trained.model, args.repo_id, private=args.private or None, token=args.token,
+               commit_message=args.message or f"Upload {args.source} with mtedet push")
+    print(f"pushed {args.source} (config.json, model.safetensors, README.md) to {args.repo_id}: {url}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .models.info import model_info
 
@@ -268,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run's dataset, or on another dataset/split with the same classes. Prints the AP table (det; COCO or VOC protocol) and the "
         "per-class IoU table (seg); writes metrics.json, precision-recall curves (det) and a confusion matrix (seg).",
     )  # fmt: skip
-    e.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    e.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
     e.add_argument("--dataset", help="dataset to evaluate on (default: the run's)")
     e.add_argument("--split", help="split (default: the run's val split)")
     e.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: the run's, $MTEDET_DATA, ./data)")
@@ -288,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names and scores; classes of the mask), <name>_mask.png (class indices as a palette PNG) and "
         "<name>_overlay.png (coloured mask, boxes and labels).",
     )  # fmt: skip
-    pr.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    pr.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
     pr.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders of images")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
     pr.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per forward pass (default 4)")
@@ -309,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         "original pixels) and a class-index mask at the input size per segmentation task; OUT.json says how to "
         "letterbox. The export is checked against PyTorch with onnxruntime.",
     )  # fmt: skip
-    ex.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    ex.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
     ex.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
     ex.add_argument("out", metavar="OUT", help="output file (.onnx)")
     ex.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the run's)")
@@ -325,6 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ex.set_defaults(func=cmd_export)
+
+    # -- push
+    pu = sub.add_parser(
+        "push", help="share a model on the Hugging Face Hub (config.json, model.safetensors, model card)",
+        description="Upload a model to a Hugging Face Hub repository (created if needed) as a pretrained folder: "
+        "config.json, model.safetensors and a README.md model card with the run's evaluation metrics. Anyone then "
+        "loads it with multitask_edet.from_pretrained(REPO_ID) or `mtedet predict --checkpoint REPO_ID`. Needs a "
+        "token (`hf auth login`, $HF_TOKEN or --token).",
+    )  # fmt: skip
+    pu.add_argument("source", metavar="SOURCE", help="a run folder, checkpoint, or save_pretrained folder")
+    pu.add_argument("repo_id", metavar="REPO_ID", help="owner/name of the Hub repository")
+    pu.add_argument("--private", action="store_true", help="create the repository as private")
+    pu.add_argument("--token", help="Hub token (default: the one `hf auth login` stored, or $HF_TOKEN)")
+    pu.add_argument("--message", metavar="TEXT", help="commit message")
+    pu.set_defaults(func=cmd_push)
 
     # -- info
     i = sub.add_parser("info", help="parameters (per part) and GMACs of a model variant",

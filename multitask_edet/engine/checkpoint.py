@@ -4,7 +4,8 @@
 A training checkpoint (``last.pt``, ``best.pt``) is one ``torch.save`` of tensors and plain
 containers only, so ``torch.load(path, weights_only=True)`` reads it: model, EMA, optimizer,
 scheduler and scaler state, progress counters, RNG states and the resolved experiment
-config. Release weights go to ``model.safetensors`` with the config in its metadata.
+config. Release weights go to ``model.safetensors`` with the config in its metadata, next to
+``config.json`` and a model card: the run folder is a pretrained folder (multitask_edet/hub.py).
 
 Every file is written to a temporary name in the same folder, flushed to disk and moved
 into place with ``os.replace``, so a kill at any moment leaves the previous file intact.
@@ -236,11 +237,19 @@ class Checkpointer:
         return path
 
     def save_release(self) -> Path | None:
+        """The run folder as a pretrained folder (multitask_edet/hub.py): model.safetensors (EMA
+        weights when used), config.json and a model card with the metrics of these weights when
+        the run evaluated them at this step."""
         if not is_main_process():
             return None
-        meta = {"config": self.config, "class_names": self.class_names, "model_config": self.model_config,
-                "step": self.trainer.step}
-        return save_safetensors(self.run_dir / "model.safetensors", self.release_state_dict(), meta)
+        from ..hub import WEIGHTS_FILE, pretrained_info, write_pretrained
+
+        ev = self.extra_state.get("eval")
+        evaluated = ev is not None and getattr(ev, "last_eval_step", -1) == self.trainer.step
+        info = pretrained_info(self.model_config, self.class_names, self.config, self.trainer.step,
+                               ev.last_results if evaluated else None)
+        write_pretrained(self.run_dir, self.release_state_dict(), info)
+        return self.run_dir / WEIGHTS_FILE
 
     def resume(self, path: str | Path) -> dict[str, Any]:
         """Restore everything from ``path`` (all ranks read it); returns the checkpoint."""

@@ -21,7 +21,7 @@ from ..datasets.base import collate
 from ..datasets.io import read_image, save_palette_png
 from ..datasets.transforms import eval_transforms
 from ..errors import ConfigError, DatasetError
-from .builders import Trained, amp_dtype_for, image_size_of, load_trained
+from .builders import Trained, amp_dtype_for, load_for_inference
 from .distributed import env_dist_info, resolve_device
 from .inference import predict_batch
 
@@ -66,8 +66,8 @@ def predict_images(
     ``images``: files or RGB uint8 arrays. Predictions are in the image's own pixels.
     """
     device = device or next(trained.model.parameters()).device
-    transform = eval_transforms(image_size_of(trained.config))
-    amp = amp_dtype_for(trained.config.train.amp, device)
+    transform = eval_transforms(trained.image_size)
+    amp = amp_dtype_for(trained.amp, device)
     for start in range(0, len(images), batch_size):
         raw = []
         for k, item in enumerate(images[start : start + batch_size]):
@@ -89,7 +89,7 @@ def draw_overlay(trained: Trained, image: np.ndarray, preds: dict[str, Any], sco
 
 
 def run_prediction(
-    checkpoint: str | Path,
+    source: str | Path,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -98,9 +98,13 @@ def run_prediction(
     score_threshold: float = 0.3,
     overlays: bool = True,
 ) -> list[dict[str, Any]]:
-    """Write JSON + mask PNGs + overlay PNG per image; returns the JSON records."""
+    """Write JSON + mask PNGs + overlay PNG per image; returns the JSON records.
+
+    ``source``: a checkpoint, run folder, ``save_pretrained`` folder or Hub repository id
+    (builders.py ``load_for_inference``).
+    """
     dev = resolve_device(device, env_dist_info())
-    trained = load_trained(checkpoint, device=dev)
+    trained = load_for_inference(source, device=dev)
     files = list_images(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

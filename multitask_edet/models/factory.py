@@ -162,7 +162,8 @@ def create_model(
     backbone = Backbone(b.name, min_level, max_level, width, cfg.neck.padding, b.drop_path_rate, b.weights)
     n = cfg.neck
     neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
-    model = MultiTaskEfficientDet(backbone, neck, heads, config=cfg)
+    names = {t: list(task.class_names) for t, task in task_objs.items() if task.class_names is not None}
+    model = MultiTaskEfficientDet(backbone, neck, heads, config=cfg, class_names=names)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)
     return model
