@@ -134,6 +134,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .config_utils import parse_overrides
+
+    if args.format == "pt2":
+        return _export_program(args)
     from .engine.export import export_onnx
 
     desc = export_onnx(
@@ -160,6 +163,22 @@ def cmd_push(args: argparse.Namespace) -> int:
     url = push(trained.model, args.repo_id, private=args.private or None, token=args.token,
                commit_message=args.message or f"Upload {args.source} with mtedet push")
     print(f"pushed {args.source} (config.json, model.safetensors, README.md) to {args.repo_id}: {url}")
+    return 0
+
+
+def _export_program(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
+    from .engine.export_program import export_program
+
+    if args.end_to_end:
+        raise ConfigError("--end-to-end exports to ONNX only (torch.export cannot capture NMS: torchvision's batched_nms "
+                          "branches on a data-dependent size); drop --end-to-end or use --format onnx")
+    desc = export_program(args.checkpoint, args.out, image_size=args.image_size, dynamic_size=args.dynamic_size,
+                          check=not args.no_check, overrides=parse_overrides(args.set))
+    out = Path(args.out).with_suffix(".pt2")
+    print(f"wrote {out}, {out.with_suffix('.json')}; load it with torch.export.load('{out}').module()")
+    if "max_abs_diff" in desc:
+        print(f"loaded program vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
     return 0
 
 
@@ -321,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         "letterbox. The export is checked against PyTorch with onnxruntime.",
     )  # fmt: skip
     ex.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
-    ex.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
-    ex.add_argument("out", metavar="OUT", help="output file (.onnx)")
+    ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+                    help="onnx (default) or pt2: the network as a torch.export ExportedProgram (torch.export.save)")
+    ex.add_argument("out", metavar="OUT", help="output file (.onnx or .pt2)")
     ex.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the run's)")
     ex.add_argument("--batch-size", type=int, default=1, metavar="N", help="batch size of the exported graph (default 1)")
     ex.add_argument("--end-to-end", action="store_true",
@@ -330,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dynamic-batch", action="store_true", help="raw export: make the batch dimension dynamic "
                     "(always dynamic end-to-end)")
     ex.add_argument("--dynamic-size", action="store_true",
-                    help="end-to-end: accept any input height/width that is a multiple of 2**max_level")
+                    help="end-to-end ONNX or pt2: accept any input height/width that is a multiple of 2**max_level")
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change post-processing baked into an end-to-end graph, e.g. --set det.postprocess.score_threshold=0.3")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
