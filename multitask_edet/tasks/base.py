@@ -230,6 +230,19 @@ class Task(ABC):
             "or export the raw outputs (mtedet export without --end-to-end)"
         )
 
+    def export_check(self, got: Mapping[str, Any], ref: Mapping[str, Any], tolerance: float = 1e-4) -> dict[str, float]:
+        """Compare this task's outputs of an exported graph (``got``, numpy arrays by the names of
+        ``export_postprocess``) with PyTorch's (``ref``) on the same input; return a figure per
+        output for the export's description, raise ``ConfigError`` where they differ by more than
+        float rounding explains. Default: element-wise (see ``array_difference``)."""
+        figures = {}
+        for key, r in ref.items():
+            figures[key], limit = array_difference(got[key], r, tolerance)
+            if figures[key] > limit:
+                raise ConfigError(f"task {self.name!r}: exported output {key!r} differs from PyTorch by "
+                                  f"{figures[key]:.3g} (limit {limit:.3g}); please report this")
+        return figures
+
     def export_arrays(self, image_size: tuple[int, int]) -> dict[str, Any]:
         """Arrays a runtime needs besides the graph (e.g. detection anchors), by name; none by default."""
         return {}
@@ -296,6 +309,22 @@ def build_task(
 def task_options(task: Task) -> dict[str, Any]:
     """The task's full options as a plain dict with its ``type`` (round-trips through ``build_task``)."""
     return {"type": task.type_name, **to_dict(task.config)}
+
+
+def array_difference(got: Any, ref: Any, tolerance: float) -> tuple[float, float]:
+    """(difference, limit) of two arrays of the same shape: for floats the largest absolute
+    difference, allowed up to ``tolerance`` times the magnitude of ``ref`` (at least 1: pixels are
+    not probabilities); for integers the share of differing elements, allowed up to 0.1%."""
+    import numpy as np
+
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.shape != ref.shape:
+        return float("inf"), 0.0
+    if not ref.size:
+        return 0.0, 0.0
+    if np.issubdtype(ref.dtype, np.floating):
+        return float(np.abs(got.astype(np.float64) - ref).max()), tolerance * max(1.0, float(np.abs(ref).max()))
+    return float((got != ref).mean()), 1e-3
 
 
 def jsonable(x: Any) -> Any:

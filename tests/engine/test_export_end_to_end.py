@@ -190,7 +190,8 @@ def mask_agreement(got_mask, ref_mask, scale):
 def test_detection_graph_equals_predict(tmp_path, image_files, batch, one_thread):
     src = pretrained(tmp_path, ["det"])
     desc = export_onnx(src, tmp_path / "det.onnx", end_to_end=True)
-    assert desc["check"]["boxes"] <= 1e-3 and desc["check"]["scores"] <= 1e-4 and desc["check"]["labels"] == 0
+    check = desc["check"]["det"]  # the export's own check: onnxruntime vs PyTorch on noise images
+    assert check["boxes"] <= 1e-3 and check["scores"] <= 1e-4 and check["unmatched_ties"] == 0
     assert list(desc["outputs"]) == ["boxes", "scores", "labels", "num_detections"]
     assert desc["outputs"]["boxes"]["shape"] == ["batch", 100, 4] and desc["inputs"]["images"]["dtype"] == "uint8"
     got = run_onnx(tmp_path / "det.onnx", image_files, batch)
@@ -266,6 +267,31 @@ def test_user_task_graph_equals_predict(tmp_path, image_files, batch, one_thread
         assert_same_detections(g, preds["det"], prefix="det_")
         np.testing.assert_allclose(g["peaks_scores"], preds["peaks"]["scores"].numpy(), atol=1e-5)
         np.testing.assert_allclose(g["peaks_points"], preds["peaks"]["points"].numpy(), atol=1e-3)
+
+
+def test_export_check_matches_detections_and_allows_only_ties():
+    from multitask_edet.tasks.detection.export import check_detections
+
+    ref = {"boxes": np.array([[[0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 40], [0, 0, 0, 0]]], np.float32),
+           "scores": np.array([[0.9, 0.5, 0.5 + 2e-6, 0.0]], np.float32), "labels": np.array([[1, 0, 0, -1]]),
+           "num_detections": np.array([3])}
+    swapped = {k: v.copy() for k, v in ref.items()}
+    for k in ("boxes", "scores", "labels"):
+        swapped[k][0, [1, 2]] = ref[k][0, [2, 1]]
+    assert check_detections(swapped, ref)["unmatched_ties"] == 0  # order does not matter
+    other = {k: v.copy() for k, v in ref.items()}
+    other["boxes"][0, 2] = [60, 60, 70, 70]  # another box survived a tie: allowed
+    assert check_detections(other, ref)["unmatched_ties"] == 1 / 3
+    wrong = {k: v.copy() for k, v in ref.items()}
+    wrong["scores"][0, 0] = 0.8
+    with pytest.raises(ConfigError, match="scores of image 0"):
+        check_detections(wrong, ref)
+    shifted = {**ref, "boxes": ref["boxes"] + 1}  # every box one pixel off: no tie explains that
+    with pytest.raises(ConfigError, match="3 of the 3 exported detections"):
+        check_detections(shifted, ref)
+    fewer = {**ref, "num_detections": np.array([2])}
+    with pytest.raises(ConfigError, match="2 from the graph, 3 from PyTorch"):
+        check_detections(fewer, ref)
 
 
 def test_a_task_without_graph_post_processing_is_a_clear_error(tmp_path):

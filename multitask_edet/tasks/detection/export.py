@@ -20,11 +20,12 @@ label -1). D = ``max_detections`` (fewer only for an input with fewer candidates
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torchvision.ops import batched_nms
 
+from ...errors import ConfigError
 from ..base import ExportGeometry
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
@@ -112,3 +113,59 @@ def export_detections(
         "labels": torch.where(valid, classes[rows, idx], torch.full_like(classes[rows, idx], -1)),
         "num_detections": valid.sum(dim=1),
     }
+
+
+#: two scores closer than this are a tie as far as an exported graph is concerned: float32
+#: rounding (~1e-7) may order or suppress them either way in onnxruntime and PyTorch
+TIE = 1e-5
+#: an image whose detection scores all lie within this of each other cannot tell its detections
+#: apart (an untrained model): which boxes survive is a matter of ties throughout
+DEGENERATE_SPREAD = 1e-3
+
+
+def check_detections(got: Mapping[str, Any], ref: Mapping[str, Any], tolerance: float = 1e-4) -> dict[str, float]:
+    """Detections of an exported graph vs PyTorch's on the same input (numpy arrays by name).
+
+    Per image: the same number of detections and the same scores as sorted lists (within
+    ``tolerance``); every detection matched by one of the other side with the same label, a box
+    within ``tolerance`` times the boxes' magnitude and a score within ``tolerance`` — except
+    where its score ties one of the other side (``TIE``): which of two tied boxes survives NMS
+    or top-k is up to float rounding. Such exceptions may not be the majority of an image's
+    detections unless its scores are degenerate (an untrained model ties almost everywhere).
+    Returns the largest box and score differences of matched detections and the share left
+    unmatched by ties; raises ``ConfigError`` where the outputs disagree otherwise.
+    """
+    import numpy as np
+
+    box_tol = tolerance * max(1.0, float(np.abs(ref["boxes"]).max()) if ref["boxes"].size else 1.0)
+    worst_box = worst_score = 0.0
+    tied = total = 0
+    for i in range(len(ref["num_detections"])):
+        n, m = int(got["num_detections"][i]), int(ref["num_detections"][i])
+        if n != m:
+            raise ConfigError(f"exported detections of image {i}: {n} from the graph, {m} from PyTorch; please report this")
+        g_scores, r_scores = got["scores"][i][:n], ref["scores"][i][:n]
+        sorted_diff = float(np.abs(np.sort(g_scores) - np.sort(r_scores)).max()) if n else 0.0
+        if sorted_diff > tolerance:
+            raise ConfigError(f"exported detection scores of image {i} differ from PyTorch's by {sorted_diff:.3g}; "
+                              "please report this")
+        free, unmatched = list(range(n)), 0
+        for j in range(n):
+            label, box, score = got["labels"][i][j], got["boxes"][i][j], g_scores[j]
+            near = [k for k in free if ref["labels"][i][k] == label and abs(r_scores[k] - score) <= tolerance
+                    and np.abs(ref["boxes"][i][k] - box).max() <= box_tol]
+            if near:
+                free.remove(near[0])
+                worst_box = max(worst_box, float(np.abs(ref["boxes"][i][near[0]] - box).max()))
+                worst_score = max(worst_score, float(abs(r_scores[near[0]] - score)))
+            elif (np.abs(r_scores - score) <= TIE).any():
+                unmatched += 1
+            else:
+                raise ConfigError(f"exported detection {j} of image {i} (label {label}, score {score:.6f}, box "
+                                  f"{np.round(box, 2).tolist()}) has no counterpart in PyTorch's; please report this")
+        degenerate = n and float(g_scores.max() - g_scores.min()) < DEGENERATE_SPREAD
+        if 2 * unmatched > n and not degenerate:
+            raise ConfigError(f"{unmatched} of the {n} exported detections of image {i} differ from PyTorch's in box or "
+                              "label; please report this")
+        tied, total = tied + unmatched, total + n
+    return {"boxes": worst_box, "scores": worst_score, "unmatched_ties": tied / max(total, 1)}
