@@ -172,6 +172,9 @@ def _onnx_export(module: nn.Module, inputs: tuple, out: Path, input_names: list[
         # the input-size check in forward sees the traced H, W: nothing to generalise
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        # gathers by index (anchors, kept detections) use non-negative indices only, which is what
+        # the exporter's warning about negative indices asks for
+        warnings.filterwarnings("ignore", message=r"Exporting aten::index operator of advanced indexing")
         torch.onnx.export(
             module, inputs, str(out), input_names=input_names, output_names=output_names, opset_version=opset,
             dynamic_axes=dynamic, dynamo=False,
