@@ -152,6 +152,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         print("outputs: " + ", ".join(f"{n} {v['dtype']} {v['shape']}" for n, v in desc["outputs"].items()))
     if "max_abs_diff" in desc:
         print(f"onnxruntime vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
+    for task, figures in desc.get("check", {}).items():
+        print(f"onnxruntime vs PyTorch, {task}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
     return 0
 
 

@@ -335,7 +335,8 @@ def test_cli_export_end_to_end_writes_graph_and_description(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(src), "--end-to-end", str(out),
                  "--set", "det.postprocess.max_detections=7"]) == 0
     printed = capsys.readouterr().out
-    assert "inputs: images uint8" in printed and "max abs diff" in printed
+    assert "inputs: images uint8" in printed and "onnxruntime vs PyTorch, det: boxes" in printed
+    assert "onnxruntime vs PyTorch, seg: mask 0" in printed  # the share of differing mask pixels
     desc = json.loads(out.with_suffix(".json").read_text())
     assert desc["mode"] == "end-to-end" and desc["outputs"]["det_boxes"]["shape"] == ["batch", 7, 4]
     assert desc["inputs"]["images"]["mean"] == [0.485, 0.456, 0.406]
