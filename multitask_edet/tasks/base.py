@@ -13,8 +13,9 @@ everything specific to it, the way a timm entrypoint owns its model:
 - ``loss``, ``predict`` (the one inference entry that evaluation, ``mtedet predict`` and the
   Python API share, so test-time augmentation works everywhere), ``evaluator``, ``record``
   and ``draw`` (what ``mtedet predict`` writes), ``export_outputs`` (what a raw ONNX export
-  names) and ``export_postprocess`` (the task's inference inside an end-to-end exported graph:
-  what ``predict`` computes, as traceable tensor operations with fixed-rank outputs).
+  names), ``export_postprocess`` (the task's inference inside an end-to-end exported graph:
+  what ``predict`` computes, as traceable tensor operations with fixed-rank outputs) and
+  ``export_check`` (how that graph's outputs are compared with PyTorch's).
 
 A model may hold several instances of one type under different names — two segmentation heads
 ``drivable`` and ``lane`` with their own class sets — each with its own config section, head,
