@@ -256,13 +256,17 @@ def load_for_inference(source: str | Path, overrides: Mapping[str, Any] | None =
     """THE resolver of model sources for prediction, evaluation, export and sharing.
 
     ``source`` is one of: a training checkpoint (``last.pt``/``best.pt``), a ``model.safetensors``
-    file, a run folder or a ``save_pretrained`` folder, or a Hugging Face Hub repository id
+    file, a run folder (its release weights; best.pt, else last.pt, before the run has finished)
+    or a ``save_pretrained`` folder, or a Hugging Face Hub repository id
     (``owner/name``, fetched into the Hub cache; multitask_edet/hub.py ``locate``). ``overrides``
     change the saved config as in ``load_trained`` (without a run config: task options only).
     """
     from .. import hub
 
     path = hub.locate(source)
+    if path.is_dir() and not (path / hub.WEIGHTS_FILE).is_file():
+        # a run folder whose run has not finished: its best, else its last checkpoint
+        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), path)
     if path.is_file() and path.suffix != ".safetensors":
         return load_trained(path, overrides, device)
     info = hub.read_info(path)

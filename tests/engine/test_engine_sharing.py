@@ -65,3 +65,18 @@ def test_eval_of_a_model_without_a_run_config_is_a_clear_error(tmp_path, capsys)
     assert main(["eval", "--checkpoint", str(tmp_path / "bare"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "without the config of a training run" in err and "Traceback" not in err
+
+
+def test_an_unfinished_run_folder_resolves_to_its_checkpoint(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run / "last.pt", run / "last.pt")  # a run stopped before its release
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        got = load_for_inference(run).model(x)["seg"]
+        ref = load_trained(trained_run / "last.pt").model(x)["seg"]
+    assert torch.equal(got, ref)
+    with pytest.raises(mt.errors.CheckpointError, match="holds no model.safetensors"):
+        load_for_inference(tmp_path)
