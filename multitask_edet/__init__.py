@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _API = {
     "create_model": "multitask_edet.models.factory",
+    "from_pretrained": "multitask_edet.models.model",
     "list_models": "multitask_edet.config",
     "get_model_config": "multitask_edet.config",
     "ModelConfig": "multitask_edet.config",
@@ -22,6 +23,7 @@ _API = {
     "Task": "multitask_edet.tasks",
     "Evaluator": "multitask_edet.tasks",
     "Forward": "multitask_edet.tasks",
+    "ExportGeometry": "multitask_edet.tasks",
     "build_task": "multitask_edet.tasks",
     "build_model_tasks": "multitask_edet.models.factory",
     "register_dataset": "multitask_edet.datasets",

@@ -134,17 +134,54 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
+
+    if args.format == "pt2":
+        return _export_program(args)
     from .engine.export import export_onnx
 
     desc = export_onnx(
-        args.checkpoint, args.out, image_size=args.image_size, batch_size=args.batch_size,
-        dynamic_batch=args.dynamic_batch, opset=args.opset, check=not args.no_check,
+        args.checkpoint, args.out, end_to_end=args.end_to_end, image_size=args.image_size,
+        batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
+        opset=args.opset, check=not args.no_check, overrides=parse_overrides(args.set),
     )  # fmt: skip
     out = Path(args.out).with_suffix(".onnx")
     arrays = [v for task in desc["tasks"].values() for k, v in task.items() if k.endswith("_file")]
     print(f"wrote {out}, {out.with_suffix('.json')}" + "".join(f", {out.parent / a}" for a in arrays))
+    if args.end_to_end:
+        print("inputs: " + ", ".join(f"{n} {v['dtype']} {v['shape']}" for n, v in desc["inputs"].items()))
+        print("outputs: " + ", ".join(f"{n} {v['dtype']} {v['shape']}" for n, v in desc["outputs"].items()))
     if "max_abs_diff" in desc:
         print(f"onnxruntime vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
+    for task, figures in desc.get("check", {}).items():
+        print(f"onnxruntime vs PyTorch, {task}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .engine.builders import load_for_inference
+    from .hub import push
+
+    trained = load_for_inference(args.source)
+    url = push(trained.model, args.repo_id, private=args.private or None, token=args.token,
+               commit_message=args.message or f"Upload {args.source} with mtedet push")
+    print(f"pushed {args.source} (config.json, model.safetensors, README.md) to {args.repo_id}: {url}")
+    return 0
+
+
+def _export_program(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
+    from .engine.export_program import export_program
+
+    if args.end_to_end:
+        raise ConfigError("--end-to-end exports to ONNX only (torch.export cannot capture NMS: torchvision's batched_nms "
+                          "branches on a data-dependent size); drop --end-to-end or use --format onnx")
+    desc = export_program(args.checkpoint, args.out, image_size=args.image_size, dynamic_size=args.dynamic_size,
+                          check=not args.no_check, overrides=parse_overrides(args.set))
+    out = Path(args.out).with_suffix(".pt2")
+    print(f"wrote {out}, {out.with_suffix('.json')}; load it with torch.export.load('{out}').module()")
+    if "max_abs_diff" in desc:
+        print(f"loaded program vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
     return 0
 
 
@@ -264,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run's dataset, or on another dataset/split with the same classes. Prints the AP table (det; COCO or VOC protocol) and the "
         "per-class IoU table (seg); writes metrics.json, precision-recall curves (det) and a confusion matrix (seg).",
     )  # fmt: skip
-    e.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    e.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
     e.add_argument("--dataset", help="dataset to evaluate on (default: the run's)")
     e.add_argument("--split", help="split (default: the run's val split)")
     e.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: the run's, $MTEDET_DATA, ./data)")
@@ -284,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names and scores; classes of the mask), <name>_mask.png (class indices as a palette PNG) and "
         "<name>_overlay.png (coloured mask, boxes and labels).",
     )  # fmt: skip
-    pr.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    pr.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
     pr.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders of images")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
     pr.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per forward pass (default 4)")
@@ -298,20 +335,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- export
     ex = sub.add_parser(
-        "export", help="export to ONNX: raw head outputs (no NMS), anchors, a JSON of what outputs mean",
-        description="Export the network's raw outputs to ONNX (no NMS in the graph), with OUT.anchors.npy (the "
-        "anchors in the order of the flattened detection outputs) and OUT.json (input normalisation, output "
-        "meaning, box decoding, class names). The export is checked against PyTorch with onnxruntime.",
+        "export", help="export to ONNX: end-to-end (image in, boxes and masks out) or raw head outputs",
+        description="Export to ONNX. Default (raw): the network's raw outputs, no NMS in the graph, with "
+        "OUT.det.anchors.npy (the anchors in the order of the flattened detection outputs) and OUT.json (input "
+        "normalisation, output meaning, box decoding, class names). --end-to-end: one graph from letterboxed uint8 "
+        "images and their original sizes to predictions, normalisation, box decoding, per-class NMS "
+        "(NonMaxSuppression) and top-k inside: boxes/scores/labels/num_detections per detection task (boxes in "
+        "original pixels) and a class-index mask at the input size per segmentation task; OUT.json says how to "
+        "letterbox. The export is checked against PyTorch with onnxruntime.",
     )  # fmt: skip
-    ex.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
-    ex.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
-    ex.add_argument("out", metavar="OUT", help="output file (.onnx)")
+    ex.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
+    ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+                    help="onnx (default) or pt2: the network as a torch.export ExportedProgram (torch.export.save)")
+    ex.add_argument("out", metavar="OUT", help="output file (.onnx or .pt2)")
     ex.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the run's)")
     ex.add_argument("--batch-size", type=int, default=1, metavar="N", help="batch size of the exported graph (default 1)")
-    ex.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
+    ex.add_argument("--end-to-end", action="store_true",
+                    help="image in, predictions out: normalisation, decoding, NMS and top-k inside the graph")
+    ex.add_argument("--dynamic-batch", action="store_true", help="raw export: make the batch dimension dynamic "
+                    "(always dynamic end-to-end)")
+    ex.add_argument("--dynamic-size", action="store_true",
+                    help="end-to-end ONNX or pt2: accept any input height/width that is a multiple of 2**max_level")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change post-processing baked into an end-to-end graph, e.g. --set det.postprocess.score_threshold=0.3")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ex.set_defaults(func=cmd_export)
+
+    # -- push
+    pu = sub.add_parser(
+        "push", help="share a model on the Hugging Face Hub (config.json, model.safetensors, model card)",
+        description="Upload a model to a Hugging Face Hub repository (created if needed) as a pretrained folder: "
+        "config.json, model.safetensors and a README.md model card with the run's evaluation metrics. Anyone then "
+        "loads it with multitask_edet.from_pretrained(REPO_ID) or `mtedet predict --checkpoint REPO_ID`. Needs a "
+        "token (`hf auth login`, $HF_TOKEN or --token).",
+    )  # fmt: skip
+    pu.add_argument("source", metavar="SOURCE", help="a run folder, checkpoint, or save_pretrained folder")
+    pu.add_argument("repo_id", metavar="REPO_ID", help="owner/name of the Hub repository")
+    pu.add_argument("--private", action="store_true", help="create the repository as private")
+    pu.add_argument("--token", help="Hub token (default: the one `hf auth login` stored, or $HF_TOKEN)")
+    pu.add_argument("--message", metavar="TEXT", help="commit message")
+    pu.set_defaults(func=cmd_push)
 
     # -- info
     i = sub.add_parser("info", help="parameters (per part) and GMACs of a model variant",

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .config_utils import merge
-from .errors import ConfigError
 from .registry import Registry
 
 

@@ -152,12 +152,12 @@ class Experiment:
 
     def load(self, checkpoint: str | Path | None = None, device: str = "cpu"):
         """The trained model and its tasks (``engine.builders.Trained``), cached."""
-        from .engine.builders import load_trained
+        from .engine.builders import load_for_inference
 
         if checkpoint is not None:
             self._checkpoint, self._trained = Path(checkpoint), None
         if self._trained is None:
-            self._trained = load_trained(self.checkpoint, self._overrides, device=device)
+            self._trained = load_for_inference(self.checkpoint, self._overrides, device=device)
         return self._trained
 
     def evaluate(

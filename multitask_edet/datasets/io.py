@@ -38,8 +38,8 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return palette
 
 
-def save_palette_png(mask: "torch.Tensor | np.ndarray", path: str | Path, palette: np.ndarray | None = None) -> Path:
-    """Write a (H, W) class-index mask as a palette PNG (mode 'P', VOC colormap by default)."""
+def save_palette_png(mask: Any, path: str | Path, palette: np.ndarray | None = None) -> Path:
+    """Write a (H, W) class-index mask (array or tensor) as a palette PNG (mode 'P', VOC colormap by default)."""
     arr = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
     if arr.ndim != 2:
         raise ValueError(f"a mask to write as {path} must be (H, W), got shape {arr.shape}")

@@ -25,6 +25,7 @@ from ..datasets.mixed import MixedDataset, parse_dataset_spec
 from ..datasets.transforms import eval_transforms, train_transforms
 from ..errors import CheckpointError, ConfigError, DatasetError
 from ..models.factory import build_model_tasks, create_model
+from ..models.model import MultiTaskEfficientDet
 from ..tasks.base import TASKS, Task, task_type_of
 from .checkpoint import load_checkpoint, load_weights
 from .config import ExperimentConfig, config_from_dict, deep_merge
@@ -204,12 +205,24 @@ def load_resume_config(path: str | Path, overrides: Mapping[str, Any] | None = N
 
 @dataclass
 class Trained:
-    """A trained model rebuilt from a checkpoint (``last.pt``/``best.pt``/``model.safetensors``)."""
+    """A trained model ready for inference, from any model source (``load_for_inference``)."""
 
-    config: ExperimentConfig
+    #: the experiment config of the run that trained it; None for a model saved with
+    #: ``save_pretrained`` outside a run (inference needs only the model's own config)
+    config: ExperimentConfig | None
     model: nn.Module
     tasks: dict[str, Task]
     class_names: dict[str, list[str]]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The network input (H, W) the model was built for."""
+        return tuple(unwrap(self.model).config.image_size)  # type: ignore[return-value]
+
+    @property
+    def amp(self) -> str:
+        """Mixed precision of the run (``train.amp``); "auto" (fp32 on CPU) without a run config."""
+        return self.config.train.amp if self.config is not None else "auto"
 
 
 def load_trained(path: str | Path, overrides: Mapping[str, Any] | None = None, device: str | torch.device = "cpu") -> Trained:
@@ -222,19 +235,64 @@ def load_trained(path: str | Path, overrides: Mapping[str, Any] | None = None, d
     saved = info.get("config")
     if not saved:
         raise CheckpointError(f"{path} carries no experiment config; it was not written by `mtedet train`")
-    # the initial-weights file of the training is not needed (and may be gone): weights come from sd
-    cfg = config_from_dict(deep_merge(deep_merge(saved, dict(overrides or {})), {"model": {"checkpoint": None}}))
+    # the initial-weights files of the training are not needed (and may be gone, e.g. on another
+    # machine after sharing): the weights come from sd
+    no_init = {"model": {"checkpoint": None, "backbone": {"weights": None}}}
+    cfg = config_from_dict(deep_merge(deep_merge(saved, dict(overrides or {})), no_init))
     class_names = {k: list(v) for k, v in (info.get("class_names") or {}).items()}
     model = build_model(cfg, class_names)
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
         raise CheckpointError(f"weights in {path} do not fit the model of its config: {str(e).splitlines()[0][:300]}") from None
+    step = info.get("step", (info.get("state") or {}).get("step"))
+    model.release_info = {"experiment": saved, **({"step": int(step)} if step is not None else {}),
+                          **({"metrics": info["metrics"]} if info.get("metrics") else {})}
     model.to(device).eval()
     return Trained(cfg, model, build_tasks(model, class_names), class_names)
 
 
+def load_for_inference(source: str | Path, overrides: Mapping[str, Any] | None = None,
+                       device: str | torch.device = "cpu") -> Trained:
+    """THE resolver of model sources for prediction, evaluation, export and sharing.
+
+    ``source`` is one of: a training checkpoint (``last.pt``/``best.pt``), a ``model.safetensors``
+    file, a run folder (its release weights; best.pt, else last.pt, before the run has finished)
+    or a ``save_pretrained`` folder, or a Hugging Face Hub repository id
+    (``owner/name``, fetched into the Hub cache; multitask_edet/hub.py ``locate``). ``overrides``
+    change the saved config as in ``load_trained`` (without a run config: task options only).
+    """
+    from .. import hub
+
+    path = hub.locate(source)
+    if path.is_dir() and not (path / hub.WEIGHTS_FILE).is_file():
+        # a run folder whose run has not finished: its best, else its last checkpoint
+        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), path)
+    if path.is_file() and path.suffix != ".safetensors":
+        return load_trained(path, overrides, device)
+    info = hub.read_info(path)
+    if info.get("experiment"):
+        return load_trained(hub.weights_file(path), overrides, device)
+    info = _task_overrides(info, overrides, source)
+    sd, _ = load_weights(hub.weights_file(path))
+    model = MultiTaskEfficientDet.build_pretrained(info, sd, str(source)).to(device)
+    return Trained(None, model, build_tasks(model, model.class_names), dict(model.class_names))
+
+
+def _task_overrides(info: dict[str, Any], overrides: Mapping[str, Any] | None, source: str | Path) -> dict[str, Any]:
+    """Apply task-section overrides to a pretrained model config that has no experiment config."""
+    tasks = dict(info["model_config"].get("tasks") or {})
+    for key, value in (overrides or {}).items():
+        if key in tasks:
+            tasks[key] = deep_merge(tasks[key], dict(value or {}))
+        elif value:
+            raise ConfigError(f"{source} holds a model without its training config: only its tasks' options "
+                              f"({', '.join(tasks)}) can be changed, not {key!r}")
+    return {**info, "model_config": {**info["model_config"], "tasks": tasks}}
+
+
 __all__ = [
     "Data", "TaskData", "Trained", "amp_dtype_for", "build_data", "build_eval_sets", "build_model", "build_optimizer",
-    "build_tasks", "data_root", "image_size_of", "load_resume_config", "load_trained", "seed_everything", "task_data",
+    "build_tasks", "data_root", "image_size_of", "load_for_inference", "load_resume_config", "load_trained",
+    "seed_everything", "task_data",
 ]  # fmt: skip

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from .builders import load_trained
+from .builders import load_for_inference
+from ..errors import CheckpointError
 from .config import deep_merge
 from .distributed import env_dist_info, init_distributed, is_main_process, resolve_device
 from .evaluate import evaluate_trained
@@ -46,9 +47,15 @@ def run_evaluation(
         data["val_split"] = split
     if workers is not None:
         data["workers"] = workers
-    trained = load_trained(checkpoint, deep_merge({"data": data}, dict(overrides or {})), dev)
+    trained = load_for_inference(checkpoint, deep_merge({"data": data}, dict(overrides or {})), dev)
     cfg = trained.config
-    out = Path(output) if output else Path(checkpoint).parent / f"eval-{cfg.data.dataset}-{cfg.data.val_split}"
+    if cfg is None:
+        raise CheckpointError(f"{checkpoint} holds a model saved without the config of a training run, which names "
+                              "the dataset and its evaluation; evaluate a run's checkpoint or folder")
+    src = Path(checkpoint)
+    # next to a checkpoint file, inside a run folder, in the working folder for a Hub repository
+    base = src if src.is_dir() else src.parent if src.is_file() else Path(".")
+    out = Path(output) if output else base / f"eval-{cfg.data.dataset}-{cfg.data.val_split}"
     main = is_main_process()
     results, evaluators = evaluate_trained(
         trained, device=dev, batch_size=batch_size, max_images=max_images, output_dir=out if main else None,

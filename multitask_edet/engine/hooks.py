@@ -10,7 +10,8 @@ Run folder::
     metrics.jsonl      one JSON object per logged step / evaluation
     tb/                TensorBoard events
     last.pt, best.pt   full training state (torch.load(weights_only=True) reads them)
-    model.safetensors  release weights (EMA when used) + config in the metadata
+    model.safetensors  release weights (EMA when used) + config in the metadata, with
+    config.json, README.md  the model's config and model card: a pretrained folder (hub.py)
     eval/              evaluation reports (JSON + text tables) per evaluation
     skipped.json       samples skipped under data.on_error=skip (when there were any)
 """
@@ -25,9 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
-
-from .checkpoint import Checkpointer
+from .checkpointer import Checkpointer
 from .distributed import is_main_process, unwrap
 from .trainer import Hook
 

@@ -21,7 +21,7 @@ from ..datasets.base import collate
 from ..datasets.io import read_image, save_palette_png
 from ..datasets.transforms import eval_transforms
 from ..errors import ConfigError, DatasetError
-from .builders import Trained, amp_dtype_for, image_size_of, load_trained
+from .builders import Trained, amp_dtype_for, load_for_inference
 from .distributed import env_dist_info, resolve_device
 from .inference import predict_batch
 
@@ -66,8 +66,8 @@ def predict_images(
     ``images``: files or RGB uint8 arrays. Predictions are in the image's own pixels.
     """
     device = device or next(trained.model.parameters()).device
-    transform = eval_transforms(image_size_of(trained.config))
-    amp = amp_dtype_for(trained.config.train.amp, device)
+    transform = eval_transforms(trained.image_size)
+    amp = amp_dtype_for(trained.amp, device)
     for start in range(0, len(images), batch_size):
         raw = []
         for k, item in enumerate(images[start : start + batch_size]):
@@ -89,7 +89,7 @@ def draw_overlay(trained: Trained, image: np.ndarray, preds: dict[str, Any], sco
 
 
 def run_prediction(
-    checkpoint: str | Path,
+    source: str | Path,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -101,10 +101,12 @@ def run_prediction(
 ) -> list[dict[str, Any]]:
     """Write JSON + mask PNGs + overlay PNG per image; returns the JSON records.
 
-    ``overrides`` change the saved config's inference options (e.g. ``{"seg": {"flip_test": True}}``).
+    ``source``: a checkpoint, run folder, ``save_pretrained`` folder or Hub repository id
+    (builders.py ``load_for_inference``); ``overrides`` change the saved config's inference options
+    (e.g. ``{"seg": {"flip_test": True}}``).
     """
     dev = resolve_device(device, env_dist_info())
-    trained = load_trained(checkpoint, overrides, device=dev)
+    trained = load_for_inference(source, overrides, device=dev)
     files = list_images(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

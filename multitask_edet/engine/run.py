@@ -20,7 +20,8 @@ from ..datasets.base import collate
 from ..datasets.mixed import MixedBatchSampler, MixedDataset
 from ..errors import ConfigError
 from .builders import Data, amp_dtype_for, build_data, build_model, build_optimizer, build_tasks, seed_everything
-from .checkpoint import Checkpointer, atomic_write
+from .checkpoint import atomic_write
+from .checkpointer import Checkpointer
 from .config import ExperimentConfig
 from .distributed import (
     DistInfo, ResumableLoader, all_gather_object, broadcast_module_state, convert_sync_bn, env_dist_info, init_distributed,

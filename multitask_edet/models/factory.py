@@ -23,11 +23,8 @@ from ..compat.effdet import (
 from ..config import ModelConfig, get_model_config
 from ..config_utils import from_dict, merge
 from ..errors import CheckpointError, ConfigError
-from .. import tasks as _tasks  # noqa: F401 — importing the package registers the built-in task types
-from ..tasks.base import Task, build_task, task_options
+from ..tasks.base import Task, build_tasks
 from ..state_dict import key_report, read_state_dict
-from .backbone import Backbone, backbone_input_stats
-from .bifpn import BiFPN
 from .heads import DetectionHead
 from .model import MultiTaskEfficientDet
 
@@ -96,13 +93,12 @@ def _has_num_classes(name: str, options: Mapping[str, Any]) -> bool:
 def build_model_tasks(
     cfg: ModelConfig, class_names: Mapping[str, Sequence[str]] | None = None
 ) -> dict[str, Task]:
-    """The task objects of a model config (options resolved as the module docstring says).
+    """The task objects of a model config (options resolved as tasks/base.py says).
 
     ``class_names``: task name → class names (from the dataset); each sets the task's class count
     unless its options give one.
     """
-    class_names = class_names or {}
-    return {name: build_task(name, opts, cfg.task_defaults, class_names.get(name)) for name, opts in cfg.tasks.items()}
+    return build_tasks(cfg.tasks, cfg.task_defaults, class_names)
 
 
 def create_model(
@@ -135,48 +131,10 @@ def create_model(
     if tasks is not None:
         overrides["tasks"] = tasks
     cfg = resolve_config(name_or_cfg, **overrides)
-    task_objs = build_model_tasks(cfg, class_names)
-    if not task_objs:
-        raise ConfigError("a model needs at least one task: pass tasks=('det',) or your own registered task")
-    width, padding = cfg.neck.channels, cfg.neck.padding
-    heads = {name: _check_head(name, task.build_head(width, padding)) for name, task in task_objs.items()}
-
-    min_level = cfg.neck.min_level
-    if min_level is None:
-        min_level = min(min(h.levels) for h in heads.values())
-    max_level = cfg.neck.max_level
-    if min_level > max_level:
-        raise ConfigError(f"neck.min_level {min_level} is above neck.max_level {max_level}")
-    mean, std = cfg.mean, cfg.std
-    if mean is None or std is None:
-        stats = backbone_input_stats(cfg.backbone.name)
-        mean, std = mean or stats[0], std or stats[1]
-    cfg = dataclasses.replace(
-        cfg,
-        neck=dataclasses.replace(cfg.neck, min_level=min_level),
-        tasks={name: task_options(t) for name, t in task_objs.items()},
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-    )
-
-    b = cfg.backbone
-    backbone = Backbone(b.name, min_level, max_level, width, cfg.neck.padding, b.drop_path_rate, b.weights)
-    n = cfg.neck
-    neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
-    model = MultiTaskEfficientDet(backbone, neck, heads, config=cfg)
+    model = MultiTaskEfficientDet.from_config(cfg, class_names)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)
     return model
-
-
-def _check_head(name: str, head: Any) -> nn.Module:
-    levels = getattr(head, "levels", None)
-    if not isinstance(head, nn.Module) or not levels or not all(isinstance(lv, int) for lv in levels):
-        raise ConfigError(
-            f"the head of task {name!r} must be an nn.Module with `levels`, a tuple of the pyramid levels it reads; "
-            f"got {type(head).__name__} with levels={levels!r}"
-        )
-    return head
 
 
 def detection_task_name(model: nn.Module) -> str | None:

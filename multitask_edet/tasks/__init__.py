@@ -2,11 +2,11 @@
 
 Importing this package registers the built-in task types ("det", "seg") in ``TASKS``.
 """
-from .base import TASKS, Evaluator, Forward, Task, build_task, register_task, resolve_task_config, task_options
+from .base import TASKS, Evaluator, ExportGeometry, Forward, Task, build_task, register_task, resolve_task_config, task_options
 from .detection import DetectionTask
 from .segmentation import SegmentationTask
 
 __all__ = [
-    "TASKS", "Evaluator", "Forward", "Task", "build_task", "register_task", "resolve_task_config", "task_options",
+    "TASKS", "Evaluator", "ExportGeometry", "Forward", "Task", "build_task", "register_task", "resolve_task_config", "task_options",
     "DetectionTask", "SegmentationTask",
 ]

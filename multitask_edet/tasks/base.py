@@ -12,7 +12,10 @@ everything specific to it, the way a timm entrypoint owns its model:
 - ``build_head(in_channels, padding)``: its head, which the model factory calls.
 - ``loss``, ``predict`` (the one inference entry that evaluation, ``mtedet predict`` and the
   Python API share, so test-time augmentation works everywhere), ``evaluator``, ``record``
-  and ``draw`` (what ``mtedet predict`` writes), ``export_outputs`` (what ONNX export names).
+  and ``draw`` (what ``mtedet predict`` writes), ``export_outputs`` (what a raw ONNX export
+  names), ``export_postprocess`` (the task's inference inside an end-to-end exported graph:
+  what ``predict`` computes, as traceable tensor operations with fixed-rank outputs) and
+  ``export_check`` (how that graph's outputs are compared with PyTorch's).
 
 A model may hold several instances of one type under different names — two segmentation heads
 ``drivable`` and ``lane`` with their own class sets — each with its own config section, head,
@@ -101,6 +104,24 @@ class Forward:
         if flip not in self._cache:
             self._cache[flip] = self._run(self.images.flip(-1) if flip else self.images)
         return self._cache[flip]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportGeometry:
+    """Where the images of an end-to-end exported graph come from (engine/export.py).
+
+    The caller letterboxes every image into the input the way evaluation does
+    (datasets/transforms.py ``eval_transforms``): scaled by ``min(H / h0, W / w0)`` to fit,
+    placed at the top-left corner, padded bottom/right. ``input = scale · original`` in
+    continuous pixel coordinates, so ``original = input / scale``.
+    """
+
+    #: (H, W) of the network input (ints, or 0-dim tensors when traced with a dynamic size)
+    image_size: tuple[Any, Any]
+    #: (B, 2) float32: (h0, w0) of every image before the letterbox
+    orig_sizes: torch.Tensor
+    #: (B,) float32: the letterbox scale of every image, ``min(H / h0, W / w0)``
+    scales: torch.Tensor
 
 
 class Task(ABC):
@@ -194,6 +215,35 @@ class Task(ABC):
             "override Task.export_outputs to name its tensors for export"
         )
 
+    def export_postprocess(self, forward: Forward, geometry: ExportGeometry) -> dict[str, torch.Tensor]:
+        """This task's predictions inside an end-to-end exported graph, as named tensors.
+
+        The counterpart of ``predict`` for a graph (ONNX, ``torch.export``): the same result,
+        batched, from traceable tensor operations only — no Python loop over images, no
+        data-dependent output shapes (pad to a fixed count and return how many are valid).
+        ``forward()[self.name]`` are this task's raw outputs (``forward(flip=True)`` those of the
+        mirrored images); ``geometry`` maps input pixels back to the original images. The names
+        become graph outputs (prefixed with ``<task>_`` when the model has several tasks).
+        """
+        raise ConfigError(
+            f"task {self.name!r} ({type(self).__name__}) has no end-to-end export: implement "
+            "Task.export_postprocess(forward, geometry) to return its predictions as named tensors, "
+            "or export the raw outputs (mtedet export without --end-to-end)"
+        )
+
+    def export_check(self, got: Mapping[str, Any], ref: Mapping[str, Any], tolerance: float = 1e-4) -> dict[str, float]:
+        """Compare this task's outputs of an exported graph (``got``, numpy arrays by the names of
+        ``export_postprocess``) with PyTorch's (``ref``) on the same input; return a figure per
+        output for the export's description, raise ``ConfigError`` where they differ by more than
+        float rounding explains. Default: element-wise (see ``array_difference``)."""
+        figures = {}
+        for key, r in ref.items():
+            figures[key], limit = array_difference(got[key], r, tolerance)
+            if figures[key] > limit:
+                raise ConfigError(f"task {self.name!r}: exported output {key!r} differs from PyTorch by "
+                                  f"{figures[key]:.3g} (limit {limit:.3g}); please report this")
+        return figures
+
     def export_arrays(self, image_size: tuple[int, int]) -> dict[str, Any]:
         """Arrays a runtime needs besides the graph (e.g. detection anchors), by name; none by default."""
         return {}
@@ -257,9 +307,36 @@ def build_task(
     return cls.from_config(name, cfg, class_names)
 
 
+def build_tasks(
+    options: Mapping[str, Mapping[str, Any]],
+    type_defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Task]:
+    """The task objects of ``{task name: options}`` (a model config's ``tasks``), in order;
+    ``class_names`` maps task names to their dataset's classes."""
+    class_names = class_names or {}
+    return {name: build_task(name, opts, type_defaults, class_names.get(name)) for name, opts in options.items()}
+
+
 def task_options(task: Task) -> dict[str, Any]:
     """The task's full options as a plain dict with its ``type`` (round-trips through ``build_task``)."""
     return {"type": task.type_name, **to_dict(task.config)}
+
+
+def array_difference(got: Any, ref: Any, tolerance: float) -> tuple[float, float]:
+    """(difference, limit) of two arrays of the same shape: for floats the largest absolute
+    difference, allowed up to ``tolerance`` times the magnitude of ``ref`` (at least 1: pixels are
+    not probabilities); for integers the share of differing elements, allowed up to 0.1%."""
+    import numpy as np
+
+    got, ref = np.asarray(got), np.asarray(ref)
+    if got.shape != ref.shape:
+        return float("inf"), 0.0
+    if not ref.size:
+        return 0.0, 0.0
+    if np.issubdtype(ref.dtype, np.floating):
+        return float(np.abs(got.astype(np.float64) - ref).max()), tolerance * max(1.0, float(np.abs(ref).max()))
+    return float((got != ref).mean()), 1e-3
 
 
 def jsonable(x: Any) -> Any:

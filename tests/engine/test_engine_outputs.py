@@ -94,3 +94,39 @@ def test_export_onnx_matches_pytorch(trained_run, tmp_path, capsys):
         ref = load_trained(trained_run / "last.pt").model(torch.from_numpy(x))
     assert np.abs(got[0] - ref["det"]["cls"][0].numpy()).max() <= 1e-4
     assert np.abs(got[-1] - ref["seg"].numpy()).max() <= 1e-4
+
+
+def test_export_program_loads_back_equal_with_dynamic_batch(trained_run, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--checkpoint", str(trained_run), "--format", "pt2", str(out)]) == 0
+    assert "torch.export.load" in capsys.readouterr().out
+    desc = json.loads(out.with_suffix(".json").read_text())
+    assert desc["max_abs_diff"] <= 1e-5 and desc["input"]["shape"] == ["batch", 3, 128, 128]
+    from multitask_edet.engine.builders import load_for_inference
+
+    model = load_for_inference(trained_run).model
+    program = torch.export.load(str(out)).module()  # needs nothing of multitask_edet
+    for batch in (1, 4):
+        x = torch.randn(batch, 3, 128, 128)
+        with torch.no_grad():
+            got, ref = program(x), model(x)
+        assert torch.allclose(got["seg"], ref["seg"], atol=1e-5)
+        assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(got["det"]["box"], ref["det"]["box"]))
+    assert main(["export", "--checkpoint", str(trained_run), "--format", "pt2", "--end-to-end", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_export_program_with_a_dynamic_size(trained_run, tmp_path):
+    import torch
+
+    from multitask_edet.engine.export_program import export_program
+
+    desc = export_program(trained_run, tmp_path / "dyn.pt2", dynamic_size=True)
+    assert desc["input"]["shape"] == ["batch", 3, "height", "width"]
+    program = torch.export.load(str(tmp_path / "dyn.pt2")).module()
+    x = torch.randn(2, 3, 256, 384)
+    assert program(x)["seg"].shape == (2, 6, 256, 384)
+    with pytest.raises(Exception, match="256"):  # a one-pixel P7 (128 px) is outside what was captured
+        program(torch.randn(1, 3, 128, 128))

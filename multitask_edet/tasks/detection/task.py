@@ -22,12 +22,13 @@ from torch import nn
 from ...config_utils import to_dict
 from ...errors import DatasetError
 from ...models.heads import DetectionHead
-from ..base import Task, register_task
+from ..base import ExportGeometry, Forward, Task, register_task
 from ..drawing import draw_boxes
 from .anchors import AnchorGenerator
 from .box_coder import BoxCoder
 from .config import DetectionConfig
 from .evaluator import DetectionEvaluator
+from .export import check_detections, export_detections
 from .labeler import AnchorLabeler, DetTargets, pad_boxes
 from .loss import detection_loss
 from .matcher import ArgMaxMatcher
@@ -139,6 +140,17 @@ class DetectionTask(Task):
         named = {f"cls_p{lv}": t for lv, t in zip(levels, outputs["cls"])}
         named.update({f"box_p{lv}": t for lv, t in zip(levels, outputs["box"])})
         return named
+
+    def export_postprocess(self, forward: Forward, geometry: ExportGeometry) -> dict[str, torch.Tensor]:
+        """boxes (B, D, 4) xyxy original pixels, scores (B, D), labels (B, D), num_detections (B,):
+        ``postprocess`` inside the graph, NMS included (tasks/detection/export.py)."""
+        out = forward()[self.name]
+        return export_detections(out["cls"], out["box"], self.anchors, self.num_classes, geometry,
+                                 self.config.postprocess, self.box_coder)
+
+    def export_check(self, got, ref, tolerance: float = 1e-4) -> dict[str, float]:
+        """Tie-aware: detections are matched, not compared row by row (tasks/detection/export.py)."""
+        return check_detections(got, ref, tolerance)
 
     def export_arrays(self, image_size: tuple[int, int]) -> dict[str, np.ndarray]:
         """Arrays a runtime needs besides the graph: the anchors in the order of the flattened outputs."""

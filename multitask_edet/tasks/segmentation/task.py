@@ -18,11 +18,11 @@ from torch import nn
 from ...datasets.io import IGNORE_INDEX
 from ...errors import ConfigError
 from ...models.heads import SegmentationHead
-from ..base import Forward, Task, register_task
+from ..base import ExportGeometry, Forward, Task, register_task
 from ..drawing import blend_mask
 from .config import SegmentationConfig
 from .evaluator import SegmentationEvaluator
-from .inference import scores_to_masks
+from .inference import input_masks, scores_to_masks
 from .loss import SegmentationLoss
 
 
@@ -59,15 +59,23 @@ class SegmentationTask(Task):
         """Per image a (H0, W0) uint8 tensor of class indices at the original image size."""
         return scores_to_masks(outputs, batch.get("meta"))
 
-    def predict(self, forward: Forward, batch: dict[str, Any]) -> list[torch.Tensor]:
-        """Masks at the original size; with ``flip_test`` the softmax of the image and of its
-        mirror (mirrored back) are averaged before the argmax."""
+    def class_scores(self, forward: Forward) -> torch.Tensor:
+        """(B, C, H, W) scores whose argmax is the class: the logits, or with ``flip_test`` the
+        softmax of the image and of its mirror (mirrored back), averaged."""
         logits = forward()[self.name]
         if not self.config.flip_test:
-            return self.postprocess(logits, batch)
+            return logits
         mirrored = forward(flip=True)[self.name]
-        probs = (logits.float().softmax(1) + mirrored.float().flip(-1).softmax(1)) / 2
-        return self.postprocess(probs, batch)
+        return (logits.float().softmax(1) + mirrored.float().flip(-1).softmax(1)) / 2
+
+    def predict(self, forward: Forward, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Masks at the original size (flip test-time augmentation with ``flip_test``)."""
+        return self.postprocess(self.class_scores(forward), batch)
+
+    def export_postprocess(self, forward: Forward, geometry: ExportGeometry) -> dict[str, torch.Tensor]:
+        """``mask`` (B, H, W): class indices at the input size, 255 on the letterbox padding
+        (tasks/segmentation/inference.py ``input_masks``)."""
+        return {"mask": input_masks(self.class_scores(forward), geometry.orig_sizes, geometry.scales)}
 
     def evaluator(self, dataset: Any = None, output_dir: str | Path | None = None) -> SegmentationEvaluator:
         """mIoU evaluator; class names from the dataset's annotation when given.
