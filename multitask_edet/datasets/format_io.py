@@ -12,6 +12,7 @@ also store labels other ways, each read here into a plain integer array with a o
 - ``check_size``: a label array must have its image's size.
 - ``boxes_of_ids``: the pixel extent of each id in an id map, as xyxy boxes.
 - ``image_sample``: the image part of a raw sample (datasets/base.py schema).
+- ``save_png``: the writers' side (sample writers, tests): an integer array as a PNG.
 """
 from __future__ import annotations
 
@@ -115,3 +116,10 @@ def image_sample(path: str | Path, image_id: int, dataset: str) -> dict[str, Any
         "orig_size": tuple(image.shape[:2]),
         "dataset": dataset,
     }
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    """uint8 (H, W) → 8-bit grey, uint16 (H, W) → 16-bit grey, uint8 (H, W, 3) → RGB; folders created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(path)

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from multitask_edet.datasets.bdd100k import (
     BDD100K_DET_CLASSES,
@@ -15,6 +14,7 @@ from multitask_edet.datasets.bdd100k import (
     find_bdd100k_layout,
     load_bdd100k_sample,
 )
+from multitask_edet.datasets.format_io import save_png
 from multitask_edet.datasets.testing import save_image, truncate_file
 from multitask_edet.errors import ConfigError, DatasetError
 
@@ -54,11 +54,6 @@ LANES[5, 5] = 0b0000_1101  # background flag set: not a lane, whatever the other
 LANES[6, 10] = 0  # crosswalk, solid, parallel: a lane pixel whose byte is 0
 
 
-def png(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 @pytest.fixture
 def official(tmp_path):
     root = tmp_path / "bdd100k"
@@ -68,8 +63,8 @@ def official(tmp_path):
     det.parent.mkdir(parents=True)
     det.write_text(json.dumps(FRAMES))
     for stem in ("a", "b", "d"):  # c has no masks, d has no det frame
-        png(root / "labels/drivable/masks/val" / f"{stem}.png", DRIVABLE)
-        png(root / "labels/lane/masks/val" / f"{stem}.png", LANES)
+        save_png(root / "labels/drivable/masks/val" / f"{stem}.png", DRIVABLE)
+        save_png(root / "labels/lane/masks/val" / f"{stem}.png", LANES)
     return root
 
 
@@ -233,20 +228,20 @@ def test_missing_image_names_the_json_and_the_image(official):
 
 
 def test_wrong_size_and_out_of_range_masks_name_the_file(official):
-    png(official / "labels/drivable/masks/val/a.png", np.zeros((H + 1, W), np.uint8))
+    save_png(official / "labels/drivable/masks/val/a.png", np.zeros((H + 1, W), np.uint8))
     with pytest.raises(DatasetError, match=r"drivable/masks/val/a\.png is 16x9 \(WxH\) but its image"):
         load(official, annotations=("drivable",))
     bad = DRIVABLE.copy()
     bad[0, 0] = 3
-    png(official / "labels/drivable/masks/val/a.png", bad)
+    save_png(official / "labels/drivable/masks/val/a.png", bad)
     with pytest.raises(DatasetError, match=r"drivable mask .*a\.png holds value\(s\) \[3\]"):
         load(official, annotations=("drivable",))
     lanes = LANES.copy()
     lanes[1, 1] = 0b0100_0001  # a lane pixel (bit 3 clear) with bit 6 set
-    png(official / "labels/lane/masks/val/b.png", lanes)
+    save_png(official / "labels/lane/masks/val/b.png", lanes)
     with pytest.raises(DatasetError, match=r"lane mask .*b\.png holds value\(s\) \[65\]"):
         load(official, annotations=("lane",))
-    png(official / "labels/lane/masks/val/b.png", np.zeros((H, W, 3), np.uint8))
+    save_png(official / "labels/lane/masks/val/b.png", np.zeros((H, W, 3), np.uint8))
     with pytest.raises(DatasetError, match=r"mask .*lane/masks/val/b\.png is a RGB image"):
         load(official, annotations=("lane",))
 
@@ -267,10 +262,10 @@ def repacked(tmp_path):
     det.write_text(json.dumps({"name": "a", "frames": [{"timestamp": 10000, "objects": objects}], "attributes": {}}))
     da = np.zeros((H, W), np.uint8)
     da[4:, :] = 255
-    png(root / "da_seg_annotations/val/a.png", da)
+    save_png(root / "da_seg_annotations/val/a.png", da)
     ll = np.zeros((H, W, 3), np.uint8)  # masks saved as RGB are read through their grey value
     ll[2, :] = 255
-    png(root / "ll_seg_annotations/val/a.png", ll)
+    save_png(root / "ll_seg_annotations/val/a.png", ll)
     return root
 
 
