@@ -25,16 +25,18 @@ Drivable area: pixel 0 = direct, 1 = alternative, 2 = background (the toolkit pa
 background with 2, and its evaluation leaves background out of the mIoU). Read as
 ``drivable="classes"``: index 0 background, 1 direct, 2 alternative (the library keeps
 background at index 0), or ``drivable="binary"``: 0 background, 1 drivable (direct ∪
-alternative, the two-class task of HybridNets/YOLOP). Any other value is an error.
+alternative; HybridNets and YOLOP train a two-class drivable task on their own re-packed
+masks). Any other value is an error.
 
-Lane lines: each byte packs (bdd100k toolkit, ``eval/lane.py``): bits 0-2 the category
+Lane lines: each byte packs (as the bdd100k toolkit's lane evaluator reads it and its mask
+writer writes it): bits 0-2 the category
 (``LANE_CATEGORIES``), bit 3 the background flag (1 = not a lane), bit 4 the style (0 solid,
 1 dashed), bit 5 the direction (0 parallel, 1 vertical); non-lane pixels are written as 255.
 ``lane="binary"`` gives 0 background / 1 lane, ``lane="category"`` 0 background / 1 + the
 category. A lane pixel with bit 6 or 7 set is an error. The toolkit draws lanes as 1-pt lines
 at 100 dpi (about 1.4 px, so 1–2 px wide); HybridNets and YOLOP train on 8-px lines.
 ``lane_dilation=r`` widens every line by r px on each side (elliptical kernel of 2r+1 px), so
-r = 3 turns the toolkit's lines into lines about 8 px wide; where widened lines of two
+r = 3 turns the toolkit's 1–2 px lines into 7–8 px ones; where widened lines of two
 categories meet, the higher category index wins.
 
 Re-packed layout (HybridNets/YOLOP, one file per image)::
@@ -454,6 +456,7 @@ def load_bdd100k_sample(
     item: BddItem, spec: BddSpec, annotations: Sequence[str], image_id: int, dataset: str = "bdd100k"
 ) -> dict[str, Any]:
     """The raw sample: image, ids, and each requested annotation the item has."""
+    annotations = check_annotations(annotations)
     if not item.image.is_file():
         raise DatasetError(f"{item.listed_by} lists {item.name!r}, but its image {item.image} does not exist")
     sample = image_sample(item.image, image_id, dataset)

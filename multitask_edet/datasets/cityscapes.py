@@ -50,7 +50,7 @@ class CityscapesLabel:
     ignore_in_eval: bool
 
 
-# The official label table (cityscapesScripts helpers/labels.py), written out from its facts.
+# The official label table of cityscapesScripts, written out from its facts.
 _L = CityscapesLabel
 LABELS = (
     _L("unlabeled", 0, 255, "void", False, True),

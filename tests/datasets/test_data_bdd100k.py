@@ -188,6 +188,9 @@ def test_layout_is_found_below_a_data_root_and_missing_parts_are_named(official)
         find_bdd100k_layout(official / "images", "val", ALL)
     with pytest.raises(ConfigError, match="choose among"):
         find_bdd100k_layout(official, "val", ("det", "seg"))
+    item = bdd100k_items(find_bdd100k_layout(official, "val", ("det",)), ("det",))[0]
+    with pytest.raises(ConfigError, match=r"unknown: seg"):
+        load_bdd100k_sample(item, BddSpec(), ("seg",), 0)
 
 
 # --------------------------------------------------------------------- bad input names the file
