@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
-from .format_io import boxes_of_ids, check_size, image_sample, read_id_png
+from .format_io import boxes_of_ids, check_size, ids_present, image_sample, read_id_png
 from .io import IGNORE_INDEX, read_mask
 
 
@@ -149,8 +149,8 @@ def boxes_from_instance_ids(inst: np.ndarray, path: str | Path, crowd: str = "ig
     """{"boxes", "labels", "ignore"} of the thing classes in an instanceIds array."""
     if crowd not in CROWD_MODES:
         raise ConfigError(f"crowd={crowd!r}; valid values: {', '.join(CROWD_MODES)}")
-    inst = np.asarray(inst, np.int64)
-    values = np.unique(inst)
+    inst = np.asarray(inst)
+    values = ids_present(inst).astype(np.int64)
     plain = values < 1000
     cls = np.where(plain, values, values // 1000)
     ok = plain & (np.isin(values, list(_BY_ID)) | (values == IGNORE_INDEX))

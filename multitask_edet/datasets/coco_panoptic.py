@@ -187,7 +187,7 @@ def panoptic_semantic(
     for seg in item.segments:
         crowd = bool(seg.get("iscrowd", 0)) and seg_crowd == "ignore"
         value_of[seg["id"]] = IGNORE_INDEX if crowd else index[seg["category_id"]]
-    present, inverse = np.unique(ids, return_inverse=True)
+    present = np.unique(ids)  # hash-based; an inverse would need a full sort
     unknown = [int(v) for v in present if int(v) not in value_of]
     if unknown:
         raise DatasetError(
@@ -197,7 +197,7 @@ def panoptic_semantic(
     if absent:
         raise DatasetError(f"panoptic PNG {item.png} lacks segment id(s) {absent[:10]} listed in segments_info")
     lut = np.asarray([value_of[int(v)] for v in present], np.uint8)
-    return lut[inverse.reshape(ids.shape)]
+    return lut[np.searchsorted(present, ids)]
 
 
 def panoptic_boxes(item: PanopticItem, cats: PanopticCategories, tolerance: float = 1.0) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ also store labels other ways, each read here into a plain integer array with a o
 - ``read_binary_png``: 0/255 masks stored as grey or RGB(A) PNGs (the HybridNets/YOLOP
   re-packed BDD100K masks) → bool.
 - ``check_size``: a label array must have its image's size.
+- ``ids_present``: the distinct ids of an id map, fast for small non-negative ids.
 - ``boxes_of_ids``: the pixel extent of each id in an id map, as xyxy boxes.
 - ``image_sample``: the image part of a raw sample (datasets/base.py schema).
 - ``save_png``: the writers' side (sample writers, tests): an integer array as a PNG.
@@ -81,6 +82,14 @@ def check_size(arr: np.ndarray, path: str | Path, image_hw: tuple[int, int], ima
             f"{path} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its image {image_path} is "
             f"{image_hw[1]}x{image_hw[0]}; a label image must have its image's size"
         )
+
+
+def ids_present(id_map: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array (a bincount when they are small and >= 0)."""
+    flat = np.asarray(id_map).ravel()
+    if flat.size and flat.min() >= 0 and flat.max() < 1 << 20:
+        return np.flatnonzero(np.bincount(flat)).astype(flat.dtype)
+    return np.unique(flat)
 
 
 def boxes_of_ids(id_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
