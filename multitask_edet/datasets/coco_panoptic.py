@@ -262,6 +262,13 @@ def find_panoptic_layout(root: str | Path, split: str, year: str = "2017") -> Pa
     )
 
 
+def read_panoptic(layout: PanopticLayout) -> tuple[PanopticCategories, list[PanopticItem]]:
+    """The split's categories and images (one read of its JSON)."""
+    data = read_json(layout.ann_file)
+    items = panoptic_items(data, layout.ann_file, layout.img_dir, layout.png_dir)
+    return parse_categories(data, layout.ann_file), items
+
+
 def load_panoptic_sample(
     item: PanopticItem,
     cats: PanopticCategories,

@@ -7,8 +7,8 @@ import pytest
 from multitask_edet.datasets.coco_panoptic import (
     find_panoptic_layout,
     load_panoptic_sample,
-    panoptic_items,
     parse_categories,
+    read_panoptic,
     rgb_to_segment_id,
     segment_id_to_rgb,
 )
@@ -58,10 +58,7 @@ def tree(tmp_path):
 
 
 def load_all(root, annotations=("det", "seg"), **kw):
-    layout = find_panoptic_layout(root, "val")
-    data = read_json(layout.ann_file)
-    cats = parse_categories(data, layout.ann_file)
-    items = panoptic_items(data, layout.ann_file, layout.img_dir, layout.png_dir)
+    cats, items = read_panoptic(find_panoptic_layout(root, "val"))
     return {it.image_id: load_panoptic_sample(it, cats, annotations, **kw) for it in items}
 
 

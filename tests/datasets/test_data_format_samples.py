@@ -96,11 +96,10 @@ def test_coco_panoptic_sample_reads_back_with_void_and_crowd(tmp_path):
     root = write_coco_panoptic_sample(tmp_path / "coco", 6, 3, seed=SEED, image_size=96)
     layout = pan.find_panoptic_layout(root, "train")
     assert layout.png_dir == root / "annotations/panoptic_train2017"
-    data = read_json(layout.ann_file)
-    cats = pan.parse_categories(data, layout.ann_file)
+    cats, items = pan.read_panoptic(layout)
     assert cats.thing_classes == ["circle", "triangle", "star", "cross"] and len(cats.seg_classes) == 6
     crowd = 0
-    for it in pan.panoptic_items(data, layout.ann_file, layout.img_dir, layout.png_dir):
+    for it in items:
         s = pan.load_panoptic_sample(it, cats, ("det", "seg"))
         seg, det = s["seg"], s["det"]
         assert (seg == 255).any() and (seg == 5).any()  # void outlines, background stuff
@@ -108,7 +107,7 @@ def test_coco_panoptic_sample_reads_back_with_void_and_crowd(tmp_path):
             assert (seg[y0:y1, x0:x1] == label).any()  # things are the first four categories
             crowd += int(ign)
     assert crowd >= 1
-    assert max(seg["id"] for a in data["annotations"] for seg in a["segments_info"]) > 65535  # B channel used
+    assert max(seg["id"] for it in items for seg in it.segments) > 65535  # B channel used
 
 
 @pytest.mark.parametrize(
