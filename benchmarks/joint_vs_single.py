@@ -28,7 +28,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch
 
-from multitask_edet.engine.build import run_training
+from multitask_edet.engine.run import run_training
 from multitask_edet.engine.checkpoint import load_weights
 from multitask_edet.engine.config import build_config
 

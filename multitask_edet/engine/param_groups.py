@@ -38,20 +38,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .distributed import unwrap
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 _FROZEN_FLAG = "_mtedet_frozen_bn"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _task_names(model: nn.Module) -> list[str]:
