@@ -178,9 +178,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         entry = DATASETS.get(args.dataset)
     except KeyError as e:
         raise ConfigError(e.args[0]) from None
+    from .config_utils import parse_overrides
+
     annotations = args.annotations or entry.annotations()
     splits = args.split or ("train", "val")
-    report = check_dataset(args.dataset, args.data_root, splits=splits, annotations=annotations, workers=args.workers)
+    report = check_dataset(args.dataset, args.data_root, splits=splits, annotations=annotations, workers=args.workers,
+                           **parse_overrides(args.option))
     print(format_report(report, max_problems=args.max_problems))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
@@ -188,6 +191,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_sample(args: argparse.Namespace) -> int:
+    if args.format != "shapes":
+        from .datasets.format_samples import write_format_sample
+
+        counts = {"n_train": args.num_train, "n_val": args.num_val, "image_size": args.image_size, "seed": args.seed}
+        folder, dataset = write_format_sample(args.format, args.out_dir, **{k: v for k, v in counts.items() if v is not None})
+        print(f"wrote the {args.format} sample (the shapes scenes in the {dataset} layout) to {folder}; "
+              f"train on it with --dataset {dataset} --data-root {args.out_dir}")
+        return 0
     from .datasets import write_shapes
 
     given = {k: getattr(args, k) for k in ("num_train", "num_val", "image_size", "seed") if getattr(args, k) is not None}
@@ -346,18 +357,28 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--annotations", "--task", dest="annotations", metavar="NAMES",
                     help="annotations to check, e.g. det, seg or det,seg (default: every annotation the dataset "
                     "supplies; det for voc2007/voc0712)")
+    dc.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option of the dataset's adapter, as data.options of a config, e.g. --option "
+                    "lane_dilation=3 --option class_map=vehicle (repeatable; unknown options are errors)")
     dc.add_argument("--workers", type=int, default=0, metavar="N", help="loader worker processes (default 0)")
     dc.add_argument("--max-problems", type=int, default=200, metavar="N", help="print at most N problems (default 200)")
     dc.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     dc.set_defaults(func=cmd_data_check)
-    ds = dsub.add_parser("sample", help="write the built-in shapes dataset (COCO and VOC layouts)",
-                         description="Write the synthetic `shapes` dataset (deterministic) in the real COCO and VOC "
-                         "layouts, for --dataset shapes --data-root OUT_DIR.")
+    ds = dsub.add_parser("sample", help="write the built-in shapes dataset (COCO and VOC, or a multi-task layout)",
+                         description="Write the synthetic `shapes` scenes (deterministic) in real on-disk layouts: "
+                         "COCO and VOC (--format shapes, for --dataset shapes), or the BDD100K (released or "
+                         "HybridNets/YOLOP re-packed), Cityscapes or COCO panoptic layout, under OUT_DIR/bdd100k, "
+                         "OUT_DIR/cityscapes or OUT_DIR/coco, for --dataset bdd100k|cityscapes|coco-panoptic "
+                         "--data-root OUT_DIR.")
     ds.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
+    ds.add_argument("--format", "--layout", dest="format", default="shapes",
+                    choices=["shapes", "bdd100k", "bdd100k-repacked", "cityscapes", "coco-panoptic"],
+                    help="layout to write (default shapes: COCO + VOC)")
     # defaults are the generator's (datasets/sample.py DEFAULTS, what --dataset shapes uses)
     ds.add_argument("--num-train", type=int, metavar="N", help="training images (default: as --dataset shapes)")
     ds.add_argument("--num-val", type=int, metavar="N", help="validation images (default: as --dataset shapes)")
-    ds.add_argument("--image-size", type=int, metavar="N", help="largest image side (default: as --dataset shapes)")
+    ds.add_argument("--image-size", type=int, metavar="N", help="largest image side (default: as --dataset shapes; "
+                    "128 for the other formats)")
     ds.add_argument("--seed", type=int, help="generator seed (default: as --dataset shapes)")
     ds.set_defaults(func=cmd_data_sample)
 

@@ -1,5 +1,5 @@
-"""BDD100K readers: detection boxes, drivable area and lane lines, in the released layout and in
-the re-packed layout of HybridNets/YOLOP (the adapter class builds on these functions).
+"""BDD100K: detection boxes, drivable area and lane lines, in the released layout and in the
+re-packed layout of HybridNets/YOLOP — readers, and the adapter ``Bdd100kDataset`` (``bdd100k``).
 
 Released layout (``bdd100k/`` from the official zips)::
 
@@ -50,7 +50,7 @@ Re-packed layout (HybridNets/YOLOP, one file per image)::
 Its masks are binary (read as grey value > 127), so only ``drivable="binary"`` and
 ``lane="binary"`` apply. Boxes are read exactly as above (same class handling and box
 convention). Class merging (HybridNets' single "vehicle" class, say) is ``class_map`` — see
-class_map.py.
+class_map.py; ``class_map="vehicle"`` names that merge.
 
 Which images a split has: the union of the frames of the requested annotation sources (the
 det JSON's frames, the mask folders' files); a sample carries each requested annotation its
@@ -62,15 +62,16 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
-from .class_map import ClassMap
+from .class_map import BDD100K_VEHICLE, ClassMap
+from .dataset import AnnotatedDataset, PackedRecords, coco_gt_dict
 from .format_io import check_size, image_sample, read_binary_png
-from .io import read_json, read_mask
+from .io import image_size, read_json, read_mask
 
 #: the ten detection classes, in the toolkit's category-id order (ids 1..10)
 BDD100K_DET_CLASSES = (
@@ -80,6 +81,9 @@ BDD100K_DET_CLASSES = (
 NAME_MAPPING = {"bike": "bicycle", "caravan": "car", "motor": "motorcycle", "person": "pedestrian", "van": "car"}
 #: annotated, not evaluated: ignore boxes of the nearest class
 IGNORED_MAPPING = {"other person": "pedestrian", "other vehicle": "car", "trailer": "truck"}
+
+#: class maps by name (``class_map: vehicle``): classes the preset does not name are dropped
+CLASS_MAP_PRESETS = {"vehicle": BDD100K_VEHICLE}
 
 #: the annotation names and kinds a BDD100K sample can carry
 BDD100K_ANNOTATIONS = {"det": "boxes", "drivable": "mask", "lane": "mask"}
@@ -126,7 +130,7 @@ class BddSpec:
     drivable: str = "classes"
     lane: str = "binary"
     lane_dilation: int = 0
-    class_map: Mapping[str, str | None] | None = None
+    class_map: Mapping[str, str | None] | str | None = None
     unmapped: str = "error"
     box_tolerance: float = 1.0
     classes: ClassMap = dataclasses.field(init=False, repr=False)
@@ -138,7 +142,7 @@ class BddSpec:
             raise ConfigError(f"lane={self.lane!r}; valid values: {', '.join(LANE_CLASSES)}")
         if isinstance(self.lane_dilation, bool) or not isinstance(self.lane_dilation, int) or self.lane_dilation < 0:
             raise ConfigError(f"lane_dilation={self.lane_dilation!r}; use a whole number of pixels >= 0")
-        self.classes = ClassMap.build(BDD100K_DET_CLASSES, self.class_map, self.unmapped)
+        self.classes = ClassMap.build(BDD100K_DET_CLASSES, preset_class_map(self.class_map), self.unmapped)
 
     def class_names(self) -> dict[str, list[str]]:
         return {
@@ -161,6 +165,19 @@ class BddSpec:
                 f"lane={self.lane!r} needs the released bit-packed lane masks; the re-packed ll_seg masks are "
                 "binary: use lane='binary'"
             )
+
+
+def preset_class_map(class_map: Mapping[str, str | None] | str | None) -> Mapping[str, str | None] | None:
+    """A mapping as given, or the named preset (``CLASS_MAP_PRESETS``) with every other class dropped."""
+    if not isinstance(class_map, str):
+        return class_map
+    if class_map not in CLASS_MAP_PRESETS:
+        raise ConfigError(
+            f"class_map={class_map!r}: named class maps are {', '.join(CLASS_MAP_PRESETS)}; or give a mapping "
+            "{source class: target class or null}"
+        )
+    preset = CLASS_MAP_PRESETS[class_map]
+    return {c: preset.get(c) for c in BDD100K_DET_CLASSES}
 
 
 def check_annotations(annotations: Iterable[str]) -> tuple[str, ...]:
@@ -479,3 +496,83 @@ def load_bdd100k_sample(
         check_size(mask, item.lane, hw, item.image)
         sample["lane"] = mask
     return sample
+
+
+# --------------------------------------------------------------------- adapter
+class Bdd100kDataset(AnnotatedDataset):
+    """BDD100K in either layout: "det" boxes, "drivable" and "lane" masks (see the module docstring).
+
+    Registered as ``bdd100k``: ``build_dataset("bdd100k", root, "val", "det,drivable,lane",
+    lane_dilation=3, class_map="vehicle")``. Image ids are the indices of the split's images
+    (sorted by name). ``box_gt("det")`` holds the images that have a det annotation, ignore
+    boxes as ``iscrowd=1`` (COCOeval neither rewards nor penalises detections on them), boxes
+    clipped to the image as in training and ``area`` = box area.
+    """
+
+    ANNOTATIONS = BDD100K_ANNOTATIONS
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        annotations: str | Sequence[str] = ("det",),
+        transform: Callable[..., dict[str, Any]] | None = None,
+        *,
+        layout: str = "auto",
+        drivable: str | None = None,
+        lane: str = "binary",
+        lane_dilation: int = 0,
+        class_map: Mapping[str, str | None] | str | None = None,
+        unmapped: str = "error",
+        box_tolerance: float = 1.0,
+        name: str = "bdd100k",
+        on_error: str = "raise",
+        seed: int = 0,
+    ):
+        """
+        Args:
+            layout: "auto" (whichever is found under ``root`` or ``root/bdd100k``), "official"
+                (the released zips) or "repacked" (HybridNets/YOLOP).
+            drivable: "classes" (background, direct, alternative) or "binary" (background, drivable);
+                None = "classes" on the released masks, "binary" on the re-packed ones (all they hold).
+            lane: "binary" (background, lane) or "category" (background + the 8 lane categories).
+            lane_dilation: widen lane lines by this many pixels on each side (3: the 8-px lines
+                HybridNets and YOLOP train on).
+            class_map: merge/drop detection classes: a mapping {class: target or null}, or a named
+                preset ("vehicle": car, bus, truck, train → vehicle, the rest dropped).
+            unmapped: what becomes of classes a mapping does not name: "error" or "drop".
+            box_tolerance: pixels a box may exceed its image before it is an error.
+        """
+        super().__init__(name=name, annotations=annotations, transform=transform, on_error=on_error, seed=seed)
+        self.layout = find_bdd100k_layout(root, split, tuple(self.annotations), layout)
+        if drivable is None:
+            drivable = "binary" if self.layout.kind == "repacked" else "classes"
+        self.spec = BddSpec(drivable, lane, lane_dilation, class_map, unmapped, box_tolerance)
+        self.spec.check_layout(self.layout.kind)
+        items = bdd100k_items(self.layout, tuple(self.annotations))
+        self._items = PackedRecords(items)  # 70k images: see PackedRecords
+        self.image_ids = list(range(len(items)))
+        self.class_names = self.spec.class_names()
+        self.cat_ids = list(range(1, len(self.class_names["det"]) + 1))
+        self._gt: list[tuple[dict[str, Any], dict[str, np.ndarray]]] | None = None
+
+    def file_name(self, index: int) -> str:
+        return str(self._items[index].image)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        return load_bdd100k_sample(self._items[index], self.spec, tuple(self.annotations), self.image_ids[index], self.name)
+
+    def _image_targets(self, index: int) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """(COCO image entry, its boxes as training sees them) of an image with a det annotation."""
+        item = self._items[index]
+        if item.det_file is None:
+            return None
+        h, w = image_size(item.image)
+        frame = item.frame if item.frame is not None else read_repacked_det(item.det_file)
+        targets = self.spec.classes.apply(frame_targets(frame, (h, w), self.spec.box_tolerance, item.det_file))
+        return {"id": self.image_ids[index], "file_name": str(item.image), "height": h, "width": w}, targets
+
+    def _box_gt_dict(self, annotation: str) -> dict[str, Any]:
+        if self._gt is None:  # image headers (and re-packed JSONs) are read once per process
+            self._gt = [g for g in self.gt_per_image(self._image_targets) if g is not None]
+        return coco_gt_dict(self._gt, self.cat_ids, self.class_names["det"])

@@ -1,5 +1,6 @@
-"""Cityscapes readers: 19-class semantic masks from ``*_gtFine_labelIds.png`` and boxes of the 8
-thing classes from ``*_gtFine_instanceIds.png`` (the adapter class builds on these functions).
+"""Cityscapes: 19-class semantic masks from ``*_gtFine_labelIds.png`` and boxes of the 8 thing
+classes from ``*_gtFine_instanceIds.png`` — readers, and the adapter ``CityscapesDataset``
+(``cityscapes``).
 
 Layout (``cityscapes/`` from leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip)::
 
@@ -30,14 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
+from .dataset import AnnotatedDataset, PackedRecords, coco_gt_dict
 from .format_io import boxes_of_ids, check_size, ids_present, image_sample, read_id_png
-from .io import IGNORE_INDEX, read_mask
+from .io import IGNORE_INDEX, image_size, read_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,3 +247,64 @@ def load_cityscapes_sample(
         check_size(inst, item.instance_ids, hw, item.image)
         sample["det"] = boxes_from_instance_ids(inst, item.instance_ids, crowd)
     return sample
+
+
+# --------------------------------------------------------------------- adapter
+class CityscapesDataset(AnnotatedDataset):
+    """Cityscapes gtFine: "seg" (19 train ids, 255 ignore) and "det" (the 8 thing classes' instance boxes).
+
+    Registered as ``cityscapes``: ``build_dataset("cityscapes", root, "val", "det,seg")``. Image ids
+    are the indices of the split's images (sorted by city and name). ``box_gt("det")`` reads every
+    ``*_instanceIds.png`` of the split once (cached): instance boxes, group regions as ``iscrowd=1``
+    ignore boxes (with ``crowd="ignore"``), ``area`` = box area.
+    """
+
+    ANNOTATIONS = CITYSCAPES_ANNOTATIONS
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        annotations: str | Sequence[str] = ("seg",),
+        transform: Callable[..., dict[str, Any]] | None = None,
+        *,
+        crowd: str = "ignore",
+        name: str = "cityscapes",
+        on_error: str = "raise",
+        seed: int = 0,
+    ):
+        """
+        Args:
+            crowd: group regions ("cargroup", ...) as ignore boxes ("ignore") or left out ("drop").
+        """
+        super().__init__(name=name, annotations=annotations, transform=transform, on_error=on_error, seed=seed)
+        if crowd not in CROWD_MODES:
+            raise ConfigError(f"crowd={crowd!r}; valid values: {', '.join(CROWD_MODES)}")
+        self.crowd = crowd
+        items = cityscapes_items(root, split)
+        self._items = PackedRecords(items)
+        self.image_ids = list(range(len(items)))
+        self.class_names = {"det": list(CITYSCAPES_THINGS), "seg": list(CITYSCAPES_CLASSES)}
+        #: det label → Cityscapes label id (the native category id of the results JSON)
+        self.cat_ids = [next(lab.id for lab in LABELS if lab.name == n) for n in CITYSCAPES_THINGS]
+        self._gt: list[tuple[dict[str, Any], dict[str, np.ndarray]]] | None = None
+
+    def file_name(self, index: int) -> str:
+        return str(self._items[index].image)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        return load_cityscapes_sample(self._items[index], tuple(self.annotations), self.image_ids[index], self.crowd,
+                                      self.name)
+
+    def _image_targets(self, index: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        item = self._items[index]
+        h, w = image_size(item.image)
+        inst = read_id_png(item.instance_ids, "instance image")
+        check_size(inst, item.instance_ids, (h, w), item.image)
+        info = {"id": self.image_ids[index], "file_name": str(item.image), "height": h, "width": w}
+        return info, boxes_from_instance_ids(inst, item.instance_ids, self.crowd)
+
+    def _box_gt_dict(self, annotation: str) -> dict[str, Any]:
+        if self._gt is None:  # one read of the split's instance PNGs per process
+            self._gt = [g for g in self.gt_per_image(self._image_targets) if g is not None]
+        return coco_gt_dict(self._gt, self.cat_ids, self.class_names["det"])

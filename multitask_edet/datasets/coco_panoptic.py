@@ -1,5 +1,6 @@
-"""COCO panoptic readers: semantic masks over all categories and boxes of the thing segments, from
-one annotation file, so one COCO image trains both heads (the adapter class builds on these).
+"""COCO panoptic: semantic masks over all categories and boxes of the thing segments, from one
+annotation file, so one COCO image trains both heads — readers, and the adapter
+``CocoPanopticDataset`` (``coco-panoptic``).
 
 Layout (``coco/`` with panoptic_annotations_trainval2017.zip unpacked in it)::
 
@@ -24,23 +25,26 @@ error naming the file.
 Detection ("det"): the thing categories become contiguous labels 0..T-1 in JSON order
 (0..79 on COCO); each thing segment's ``bbox`` [x, y, w, h] becomes xyxy, clipped to the
 image; crowd segments become ignore boxes (neither positive nor negative in training, as
-the COCO instances adapter does). Boxes of zero width or height are dropped.
+the COCO instances adapter does; ``crowd="drop"`` leaves them out). Boxes of zero width or
+height are dropped.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
-from .io import IGNORE_INDEX, read_json
+from .dataset import AnnotatedDataset, PackedRecords, coco_gt_dict
 from .format_io import check_size, image_sample, read_rgb_png
+from .io import IGNORE_INDEX, read_json
 
 PANOPTIC_ANNOTATIONS = {"det": "boxes", "seg": "mask"}
 SEG_CROWD_MODES = ("class", "ignore")
+CROWD_MODES = ("ignore", "drop")
 VOID = 0
 
 
@@ -200,10 +204,15 @@ def panoptic_semantic(
     return lut[np.searchsorted(present, ids)]
 
 
-def panoptic_boxes(item: PanopticItem, cats: PanopticCategories, tolerance: float = 1.0) -> dict[str, np.ndarray]:
-    """{"boxes", "labels", "ignore"} of the thing segments (crowd → ignore)."""
+def panoptic_boxes(
+    item: PanopticItem, cats: PanopticCategories, tolerance: float = 1.0, crowd: str = "ignore", with_area: bool = False
+) -> dict[str, np.ndarray]:
+    """{"boxes", "labels", "ignore"} of the thing segments (crowd → ignore, or dropped with
+    ``crowd="drop"``); ``with_area`` adds "area", the segments' pixel counts from the JSON."""
+    if crowd not in CROWD_MODES:
+        raise ConfigError(f"crowd={crowd!r}; valid values: {', '.join(CROWD_MODES)}")
     index = cats.thing_index()
-    boxes, labels, ignore = [], [], []
+    boxes, labels, ignore, areas = [], [], [], []
     w, h = float(item.width), float(item.height)
     for seg in item.segments:
         label = index.get(seg["category_id"])
@@ -215,16 +224,21 @@ def panoptic_boxes(item: PanopticItem, cats: PanopticCategories, tolerance: floa
                 f"annotation file {item.ann_file}: segment {seg['id']} of image {item.image.name} has bbox "
                 f"[x, y, w, h] = {list(seg['bbox'])} outside its {item.width}x{item.height} image"
             )
-        if bw == 0 or bh == 0:
+        is_crowd = bool(seg.get("iscrowd", 0))
+        if bw == 0 or bh == 0 or (is_crowd and crowd == "drop"):
             continue
         boxes.append((max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)))
         labels.append(label)
-        ignore.append(bool(seg.get("iscrowd", 0)))
-    return {
+        ignore.append(is_crowd)
+        areas.append(float(seg.get("area", bw * bh)))
+    out = {
         "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
         "labels": np.asarray(labels, np.int64),
         "ignore": np.asarray(ignore, bool),
     }
+    if with_area:
+        out["area"] = np.asarray(areas, np.float64)
+    return out
 
 
 # --------------------------------------------------------------------- layout
@@ -276,6 +290,7 @@ def load_panoptic_sample(
     seg_crowd: str = "class",
     box_tolerance: float = 1.0,
     dataset: str = "coco-panoptic",
+    crowd: str = "ignore",
 ) -> dict[str, Any]:
     """The raw sample: image, ids, and "det" boxes / "seg" mask when the image has an annotation."""
     unknown = [a for a in annotations if a not in PANOPTIC_ANNOTATIONS]
@@ -290,9 +305,73 @@ def load_panoptic_sample(
     if item.png is None:
         return sample
     if "det" in annotations:
-        sample["det"] = panoptic_boxes(item, cats, box_tolerance)
+        sample["det"] = panoptic_boxes(item, cats, box_tolerance, crowd)
     if "seg" in annotations:
         rgb = read_rgb_png(item.png, "panoptic PNG")
         check_size(rgb, item.png, hw, item.image)
         sample["seg"] = panoptic_semantic(rgb_to_segment_id(rgb), item, cats, seg_crowd)
     return sample
+
+
+# --------------------------------------------------------------------- adapter
+class CocoPanopticDataset(AnnotatedDataset):
+    """COCO panoptic: "seg" (every category, JSON order, void 255) and "det" (thing boxes) from one file.
+
+    Registered as ``coco-panoptic``: ``build_dataset("coco-panoptic", root, "val", "det,seg")``.
+    Image ids are COCO's; ``cat_ids`` maps det labels back to COCO category ids (the thing ids,
+    1..90 on COCO), so detection results JSONs are COCO's. ``box_gt("det")`` comes from
+    ``segments_info`` (no PNG is read): crowd segments ``iscrowd=1``, ``area`` = the segment's.
+    """
+
+    ANNOTATIONS = PANOPTIC_ANNOTATIONS
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        annotations: str | Sequence[str] = ("det",),
+        transform: Callable[..., dict[str, Any]] | None = None,
+        *,
+        year: str = "2017",
+        seg_crowd: str = "class",
+        crowd: str = "ignore",
+        box_tolerance: float = 1.0,
+        name: str = "coco-panoptic",
+        on_error: str = "raise",
+        seed: int = 0,
+    ):
+        """
+        Args:
+            seg_crowd: crowd segments in the masks keep their category ("class") or are 255 ("ignore").
+            crowd: crowd thing segments as ignore boxes ("ignore") or left out ("drop").
+            box_tolerance: pixels a segment's bbox may exceed its image before it is an error.
+        """
+        super().__init__(name=name, annotations=annotations, transform=transform, on_error=on_error, seed=seed)
+        for key, value, valid in (("seg_crowd", seg_crowd, SEG_CROWD_MODES), ("crowd", crowd, CROWD_MODES)):
+            if value not in valid:
+                raise ConfigError(f"{key}={value!r}; valid values: {', '.join(valid)}")
+        self.seg_crowd, self.crowd, self.box_tolerance = seg_crowd, crowd, float(box_tolerance)
+        self.layout = find_panoptic_layout(root, split, year)
+        self.categories, items = read_panoptic(self.layout)
+        self._items = PackedRecords(items)  # 118k images on train2017: see PackedRecords
+        self.image_ids = [it.image_id for it in items]
+        self.class_names = {"det": self.categories.thing_classes, "seg": self.categories.seg_classes}
+        self.cat_ids = self.categories.thing_ids
+
+    def file_name(self, index: int) -> str:
+        return str(self._items[index].image)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        return load_panoptic_sample(self._items[index], self.categories, tuple(self.annotations), self.seg_crowd,
+                                    self.box_tolerance, self.name, self.crowd)
+
+    def _image_targets(self, index: int) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        item = self._items[index]
+        if item.png is None:
+            return None  # no panoptic annotation: not part of the ground truth
+        info = {"id": item.image_id, "file_name": str(item.image), "height": item.height, "width": item.width}
+        return info, panoptic_boxes(item, self.categories, self.box_tolerance, self.crowd, with_area=True)
+
+    def _box_gt_dict(self, annotation: str) -> dict[str, Any]:
+        gt = [g for g in self.gt_per_image(self._image_targets) if g is not None]
+        return coco_gt_dict(gt, self.cat_ids, self.class_names["det"])

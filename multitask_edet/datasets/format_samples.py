@@ -260,3 +260,22 @@ def write_coco_panoptic_sample(
                 "annotations": annotations, "categories": PANOPTIC_CATEGORIES}  # fmt: skip
         (root / "annotations" / f"panoptic_{tag}.json").write_text(json.dumps(data))
     return root
+
+
+# --------------------------------------------------------------------- `mtedet data sample --format`
+#: format → (writer, folder under the output folder, registered dataset name, writer options)
+SAMPLE_FORMATS: dict[str, tuple[Any, str, str, dict[str, Any]]] = {
+    "bdd100k": (write_bdd100k_sample, "bdd100k", "bdd100k", {"layout": "official"}),
+    "bdd100k-repacked": (write_bdd100k_sample, "bdd100k", "bdd100k", {"layout": "repacked"}),
+    "cityscapes": (write_cityscapes_sample, "cityscapes", "cityscapes", {}),
+    "coco-panoptic": (write_coco_panoptic_sample, "coco", "coco-panoptic", {}),
+}
+
+
+def write_format_sample(fmt: str, out_dir: str | Path, **counts: int) -> tuple[Path, str]:
+    """Write the ``fmt`` sample into ``out_dir/<folder>``, where the dataset's adapter finds it with
+    ``--data-root out_dir``. ``counts``: n_train, n_val, seed, image_size. Returns (folder, dataset name)."""
+    if fmt not in SAMPLE_FORMATS:
+        raise ConfigError(f"sample format {fmt!r}; valid formats: shapes, {', '.join(SAMPLE_FORMATS)}")
+    writer, folder, dataset, options = SAMPLE_FORMATS[fmt]
+    return writer(Path(out_dir) / folder, **counts, **options), dataset

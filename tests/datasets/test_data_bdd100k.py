@@ -301,3 +301,75 @@ def test_repacked_bad_json_names_the_file(repacked):
     (repacked / "det_annotations/val/a.json").write_text(json.dumps({"name": "a", "objects": []}))
     with pytest.raises(DatasetError, match=r"a\.json has no 'frames' list"):
         load(repacked, BddSpec(drivable="binary"))
+
+
+# --------------------------------------------------------------------- the registered adapter
+def test_registered_adapter_reads_the_tree_from_a_data_root(official):
+    from multitask_edet.datasets import build_dataset
+
+    ds = build_dataset("bdd100k", official.parent, "val", "det,drivable,lane", lane="category")
+    assert len(ds) == 4 and ds.image_ids == [0, 1, 2, 3] and ds.layout.kind == "official"
+    assert ds.class_names["det"] == list(BDD100K_DET_CLASSES) and ds.cat_ids == list(range(1, 11))
+    assert ds.class_names["drivable"] == ["background", "direct", "alternative"]  # released masks: 3 classes
+    assert ds.class_names["lane"][:2] == ["background", "crosswalk"]
+    expected = load(official, BddSpec(lane="category"))
+    for i, stem in enumerate("abcd"):
+        s = ds.load_sample(i)
+        assert s["file_name"].endswith(f"{stem}.jpg") and ds.file_name(i) == s["file_name"]
+        for key in ("drivable", "lane"):
+            assert (key in s) == (key in expected[stem])
+            if key in s:
+                np.testing.assert_array_equal(s[key], expected[stem][key])
+    np.testing.assert_array_equal(ds.load_sample(0)["det"]["boxes"], expected["a"]["det"]["boxes"])
+
+
+def test_box_gt_holds_the_images_with_a_det_frame_and_ignore_boxes_as_crowd(official):
+    from multitask_edet.datasets import build_dataset
+
+    gt = build_dataset("bdd100k", official, "val", "det").box_gt("det").dataset
+    assert [im["id"] for im in gt["images"]] == [0, 1, 2]  # d.jpg has no det frame
+    assert all((im["height"], im["width"]) == (H, W) for im in gt["images"])
+    a = [ann for ann in gt["annotations"] if ann["image_id"] == 0]
+    assert [ann["bbox"] for ann in a] == [[1, 2, 5, 5], [0.5, 0, 4, 8], [8, 1, 5, 4], [10, 0, 6, 8], [2, 2, 2, 2]]
+    assert [ann["category_id"] for ann in a] == [L(c) + 1 for c in ("car", "pedestrian", "car", "traffic light",
+                                                                     "bicycle")]
+    assert [ann["iscrowd"] for ann in a] == [0, 0, 1, 1, 1] and a[0]["area"] == 25
+    assert len(gt["annotations"]) == 5 and len(gt["categories"]) == 10
+
+
+def test_class_map_preset_merges_into_one_vehicle_class(official):
+    from multitask_edet.datasets import build_dataset
+
+    ds = build_dataset("bdd100k", official, "val", "det", class_map="vehicle")
+    assert ds.class_names["det"] == ["vehicle"] and ds.cat_ids == [1]
+    det = ds.load_sample(0)["det"]  # car and the ignored "other vehicle" stay; pedestrian, light, bike go
+    np.testing.assert_array_equal(det["boxes"], [[1, 2, 6, 7], [8, 1, 13, 5]])
+    assert det["labels"].tolist() == [0, 0] and det["ignore"].tolist() == [False, True]
+    assert [a["iscrowd"] for a in ds.box_gt().dataset["annotations"]] == [0, 1]
+    with pytest.raises(ConfigError, match="named class maps are vehicle"):
+        build_dataset("bdd100k", official, "val", "det", class_map="vehicles")
+
+
+def test_adapter_options_on_the_repacked_layout(repacked, official):
+    from multitask_edet.datasets import build_dataset
+
+    ds = build_dataset("bdd100k", repacked, "val", "det,drivable,lane", lane_dilation=1)
+    assert ds.layout.kind == "repacked" and ds.class_names["drivable"] == ["background", "drivable"]
+    assert ds.load_sample(0)["lane"][1:4].all()
+    with pytest.raises(ConfigError, match="use drivable='binary'"):
+        build_dataset("bdd100k", repacked, "val", "drivable", drivable="classes")
+    with pytest.raises(DatasetError, match="no BDD100K repacked layout"):
+        build_dataset("bdd100k", official, "val", "det", layout="repacked")
+    with pytest.raises(ConfigError, match="unknown option\\(s\\) lane_width; valid options: .*lane_dilation"):
+        build_dataset("bdd100k", official, "val", "lane", lane_width=8)
+
+
+def test_on_error_skip_in_samples_and_in_the_ground_truth(official):
+    from multitask_edet.datasets import build_dataset
+
+    (official / "images/100k/val/a.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"a\.jpg does not exist"):
+        build_dataset("bdd100k", official, "val", "det").box_gt()
+    ds = build_dataset("bdd100k", official, "val", "det", on_error="skip")
+    assert ds[0]["file_name"].endswith("b.jpg") and ds.skipped[0]["file"].endswith("a.jpg")
+    assert [im["id"] for im in ds.box_gt().dataset["images"]] == [1, 2]  # a.jpg left out of the evaluation too

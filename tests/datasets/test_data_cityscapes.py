@@ -149,3 +149,35 @@ def test_wrong_size_and_colour_labels_name_the_file(tree):
         load_cityscapes_sample(item, ("det",), image_id=0)
     with pytest.raises(ConfigError, match="choose among"):
         load_cityscapes_sample(item, ("lane",), image_id=0)
+
+
+# --------------------------------------------------------------------- the registered adapter
+def test_registered_adapter_and_its_box_ground_truth(tree):
+    from multitask_edet.datasets import build_dataset
+
+    ds = build_dataset("cityscapes", tree.parent, "train", "det,seg")
+    assert len(ds) == 2 and ds.class_names == {"det": list(CITYSCAPES_THINGS), "seg": list(CITYSCAPES_CLASSES)}
+    assert ds.cat_ids == [24, 25, 26, 27, 28, 31, 32, 33]  # label ids: results JSONs speak Cityscapes' ids
+    s = ds.load_sample(1)
+    assert s["image_id"] == 1 and s["det"]["ignore"].tolist() == [False, False, False, True, True]
+    gt = ds.box_gt().dataset
+    assert [im["id"] for im in gt["images"]] == [0, 1] and gt["images"][0]["height"] == H
+    first = [a for a in gt["annotations"] if a["image_id"] == 0]
+    assert [a["bbox"] for a in first] == [[6, 2, 2, 4], [1, 2, 3, 3], [0, 6, 5, 1], [9, 0, 2, 2], [10, 5, 2, 1]]
+    assert [a["category_id"] for a in first] == [24, 26, 26, 26, 26] and [a["iscrowd"] for a in first] == [0, 0, 0, 1, 1]
+    dropped = build_dataset("cityscapes", tree, "train", "det", crowd="drop").box_gt().dataset
+    assert len(dropped["annotations"]) == 6 and not any(a["iscrowd"] for a in dropped["annotations"])
+    with pytest.raises(ConfigError, match="crowd='class'; valid values: ignore, drop"):
+        build_dataset("cityscapes", tree, "train", "det", crowd="class")
+
+
+def test_registered_adapter_skips_a_broken_label_image(tree):
+    from multitask_edet.datasets import build_dataset
+
+    bad = tree / "gtFine/train/aachen/aachen_000000_000019_gtFine_instanceIds.png"
+    save_png(bad, np.full((H, W, 3), 1, np.uint8))
+    with pytest.raises(DatasetError, match="instanceIds.png is a RGB image"):
+        build_dataset("cityscapes", tree, "train", "det").box_gt()
+    ds = build_dataset("cityscapes", tree, "train", "det", on_error="skip")
+    assert [im["id"] for im in ds.box_gt().dataset["images"]] == [1]
+    assert ds[0]["image_id"] == 1 and "RGB image" in ds.skipped[0]["reason"]

@@ -166,3 +166,21 @@ def test_wrong_size_grey_and_missing_pngs_name_the_file(tree):
     save_image(tree / "val2017/c.jpg", np.zeros((H + 2, W, 3), np.uint8))
     with pytest.raises(DatasetError, match=r"c\.jpg is 10x8 but .*panoptic_val2017\.json says 10x6"):
         load_all(tree, ("det",))
+
+
+# --------------------------------------------------------------------- the registered adapter
+def test_registered_adapter_and_its_box_ground_truth(tree):
+    from multitask_edet.datasets import build_dataset
+
+    ds = build_dataset("coco-panoptic", tree.parent, "val", "det,seg")
+    assert ds.image_ids == [1, 2, 7] and ds.cat_ids == [1, 3]
+    assert ds.class_names == {"det": ["person", "car"], "seg": ["person", "sky-other-merged", "car", "tree-merged"]}
+    np.testing.assert_array_equal(ds.load_sample(0)["det"]["boxes"], [[0, 2, 4, 6], [5, 2, 10, 6]])
+    gt = ds.box_gt().dataset
+    assert [im["id"] for im in gt["images"]] == [1, 7]  # b.jpg has no panoptic annotation
+    assert [(a["category_id"], a["bbox"], a["area"], a["iscrowd"]) for a in gt["annotations"]] == [
+        (1, [0, 2, 4, 4], 16, 0), (3, [5, 2, 5, 4], 20, 1)]  # native ids, the segments' own areas
+    dropped = build_dataset("coco-panoptic", tree, "val", "det", crowd="drop")
+    assert dropped.load_sample(0)["det"]["labels"].tolist() == [0] and len(dropped.box_gt().dataset["annotations"]) == 1
+    with pytest.raises(ConfigError, match="seg_crowd='drop'; valid values: class, ignore"):
+        build_dataset("coco-panoptic", tree, "val", "seg", seg_crowd="drop")
