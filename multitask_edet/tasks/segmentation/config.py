@@ -13,6 +13,7 @@ tversky_gamma: 1.333``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ...errors import ConfigError
 
@@ -66,6 +67,22 @@ class SegLossConfig:
 
 
 @dataclass(frozen=True)
+class SegEvalConfig:
+    """Figures reported beside the standard dataset-level mIoU (which stays the main metric).
+
+    ``paper_protocol`` adds a driving paper's drivable-area / lane-line figures, computed as that
+    paper's code does (definitions in tasks/segmentation/paper_metrics.py): "hybridnets" (per
+    image: mIoU, IoU and balanced accuracy of ``paper_class``, pixel accuracy), "yolop" (per
+    evaluation batch: mIoU, IoU and recall of ``paper_class``, pixel accuracy), or "none".
+    """
+
+    paper_protocol: Literal["none", "hybridnets", "yolop"] = "none"
+    #: the class whose IoU and accuracy the protocol reports (a class name or index);
+    #: None = the last class (the lane / drivable class of a binary mask)
+    paper_class: str | int | None = None
+
+
+@dataclass(frozen=True)
 class SegmentationConfig:
     #: dataset annotation (kind "mask") the task learns from; None = the task's own name
     source: str | None = None
@@ -83,3 +100,4 @@ class SegmentationConfig:
     flip_test: bool = False
     #: ``mtedet eval`` also writes every prediction as a palette PNG into its report folder
     save_eval_masks: bool = False
+    eval: SegEvalConfig = field(default_factory=SegEvalConfig)
