@@ -159,6 +159,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters {info['params'] / 1e6:.3f}M  GMACs {info['gmacs']:.2f}")
     for part, n in info["params_per_part"].items():
         print(f"  {part:<12} {n / 1e6:8.3f}M")
+    for ref in info["published"]:
+        gmacs = f", {ref['gmacs']:g} GMACs" if ref["gmacs"] is not None else ""
+        print(f"published: {ref['model']} {ref['params'] / 1e6:.3f}M params{gmacs} ({ref['note']}); "
+              f"this model {info['params'] / ref['params']:.2f}x its parameters")
     return 0
 
 
@@ -325,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters (per part) and GMACs of a model variant",
                        description="Parameters (total, backbone, neck, each head) and multiply-adds (GMACs, one image) "
                        "of a named model at its native or a given input size.")
-    i.add_argument("model", metavar="MODEL", help="a variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg")
+    i.add_argument("model", metavar="MODEL", help="a variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg, "
+                   "efficientdet-d3-bdd (the bdd100k-d3 recipe's model, beside HybridNets' 12.83M)")
     i.add_argument("--tasks", metavar="TASKS", help="heads to attach: det, seg or det,seg (default: the variant's)")
     i.add_argument("--num-classes", type=int, metavar="N", help="classes of every head (default: the variant's)")
     i.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the variant's native)")

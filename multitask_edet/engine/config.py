@@ -390,6 +390,10 @@ def default_recipe(tasks: Sequence[str], dataset: str | None) -> str:
     """The recipe used when no --config is given."""
     tasks = tuple(tasks)
     ds = dataset or ""
+    # the multi-task datasets' recipes name their tasks' types (e.g. drivable and lane are "seg")
+    by_dataset = {"bdd100k": "bdd100k-d3", "cityscapes": "cityscapes-d4-seg", "coco-panoptic": "coco-panoptic-joint-d0"}
+    if ds in by_dataset:
+        return by_dataset[ds]
     if tasks == ("seg",):
         return "seg-voc-d4"
     if "det" in tasks and "seg" in tasks:
