@@ -248,9 +248,10 @@ class DetectionEvaluator(Evaluator):
         if self.per_class:
             cols = sorted({k for v in self.per_class.values() for k in v})
             width = max(12, max(len(n) for n in self.per_class))
-            lines.append(f"{'class':<{width}}" + "".join(f"{c:>10}" for c in cols))
+            cw = {c: max(10, len(c) + 2) for c in cols}
+            lines.append(f"{'class':<{width}}" + "".join(f"{c:>{cw[c]}}" for c in cols))
             for name, vals in self.per_class.items():
-                cells = "".join(f"{vals.get(c, float('nan')) * 100:>10.2f}" for c in cols)
+                cells = "".join(f"{vals.get(c, float('nan')) * 100:>{cw[c]}.2f}" for c in cols)
                 lines.append(f"{name:<{width}}{cells}")
         return "\n".join(lines)
 
