@@ -72,6 +72,12 @@ def test_multitask_recipes_name_their_heads_types_and_the_papers_protocols():
     assert (city.data.dataset, tuple(city.model.image_size), city.tasks) == ("cityscapes", (512, 1024), ("seg",))
     pan = build_config("coco-panoptic-joint-d0")
     assert (pan.data.dataset, pan.tasks) == ("coco-panoptic", ("det", "seg"))
+    # one head of the recipe alone: the other heads' typed sections are left aside, an untyped one is an error
+    lane_only = build_config("bdd100k-d3", tasks=["lane"])
+    assert lane_only.tasks == ("lane",) and set(lane_only.task_sections) == {"lane"}
+    assert build_config("bdd100k-d3", tasks=["det"]).task_sections.keys() == {"det"}
+    with pytest.raises(ConfigError, match="unknown config key 'drivable'"):
+        ExperimentConfig.from_dict({"tasks": ["det"], "drivable": {"num_classes": 2}})
 
 
 def test_overrides_are_validated_and_layered():
