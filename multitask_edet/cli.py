@@ -22,6 +22,7 @@ examples:
   mtedet train --task det                          EfficientDet-D0 on COCO (data in $MTEDET_DATA or ./data)
   mtedet train --task seg --dataset voc2012        the paper's §5.2 segmentation model on VOC 2012
   mtedet train --task det,seg --dataset voc2012    detection + segmentation on one trunk
+  mtedet train --task det,drivable,lane --dataset bdd100k    three heads on one trunk (recipe bdd100k-d3)
   mtedet train --config det-coco-d3 --set train.batch_size=4 --set det.postprocess.nms=soft_nms
   mtedet train --output runs/x --resume            continue runs/x from its last.pt
   torchrun --nproc_per_node=8 -m multitask_edet train --task det    8 GPUs with DDP
@@ -246,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.add_argument("--task", type=_tasks, metavar="TASKS",
                    help="det, seg, det,seg or tasks of the recipe, e.g. det,drivable,lane (default: the recipe's; det)")
-    t.add_argument("--dataset", help="coco, voc2012, voc2007, voc0712, shapes, or A+B for one dataset per task "
-                   "(e.g. coco+voc2012 with --task det,seg)")
+    t.add_argument("--dataset", help="coco, voc2012, voc2007, voc0712, shapes, bdd100k, cityscapes, coco-panoptic, "
+                   "coco-format, or A+B for one dataset per task (e.g. coco+voc2012 with --task det,seg)")
     t.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: $MTEDET_DATA, then ./data)")
     t.add_argument("--model", help="model variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg "
                    "(`mtedet info` shows their size)")
@@ -356,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(images, objects per class, mask class histogram) and every problem with its file. Exit code 1 when "
         "there are problems.",
     )  # fmt: skip
-    dc.add_argument("--dataset", required=True, help="coco, voc2012, voc2007, voc0712, shapes, ...")
+    dc.add_argument("--dataset", required=True, help="coco, voc2012, voc2007, voc0712, shapes, bdd100k, cityscapes, "
+                    "coco-panoptic, ...")
     dc.add_argument("--data-root", metavar="DIR", help="folder holding the dataset (default: $MTEDET_DATA, then ./data)")
     dc.add_argument("--split", action="append", metavar="SPLIT", help="split to check (repeatable; default train and val)")
     dc.add_argument("--annotations", "--task", dest="annotations", metavar="NAMES",
