@@ -126,7 +126,7 @@ def table(suite: str, rows: list[dict]) -> str:
 
 def write_section(section: str, text: str) -> None:
     old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    # the section's heading may carry a suffix, e.g. "## Joint vs single-task (issue 6)"
+    # the section's heading may carry a suffix, e.g. "## Joint vs single-task (shapes)"
     pattern = re.compile(rf"{re.escape(section)}[^\n]*\n.*?(?=\n## |\Z)", re.S)
     new = pattern.sub(lambda _: text.rstrip("\n") + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
     RESULTS.write_text(new.rstrip("\n") + "\n")

@@ -56,7 +56,7 @@ def _tasks(text: str) -> list[str]:
 def _recipes() -> str:
     # read the folder directly: importing the engine (torch) would make --help slow
     folder = Path(__file__).parent / "configs"
-    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_")))
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -123,11 +123,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
     from .engine.predict import run_prediction
 
     records = run_prediction(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, device=args.device,
-        score_threshold=args.score_threshold, overlays=not args.no_overlay,
+        score_threshold=args.score_threshold, overlays=not args.no_overlay, overrides=parse_overrides(args.set),
     )  # fmt: skip
     print(f"wrote predictions for {len(records)} image(s) to {args.out}")
     return 0
@@ -307,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-threshold", type=float, default=0.3, metavar="S",
                     help="keep detections scoring at least S (default 0.3)")
     pr.add_argument("--no-overlay", action="store_true", help="do not draw overlay pictures")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change inference options, e.g. --set seg.flip_test=true --set det.postprocess.nms=soft_nms")
     pr.set_defaults(func=cmd_predict)
 
     # -- export

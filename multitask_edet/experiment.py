@@ -98,21 +98,27 @@ class Experiment:
         if isinstance(tasks, str):
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         self.config = build_config(config, tasks=tasks, overrides=sections, set_items=overrides)
+        self._overrides: dict[str, Any] = {}
         self.result = None
         self._trained = None
         self._checkpoint: Path | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Experiment":
-        """An experiment around a trained checkpoint (``best.pt``, ``last.pt``, ``model.safetensors``)."""
+    def from_checkpoint(cls, path: str | Path, **sections: Mapping[str, Any]) -> "Experiment":
+        """An experiment around a trained checkpoint (``best.pt``, ``last.pt``, ``model.safetensors``).
+
+        ``sections`` change its saved config for evaluation and prediction, as ``mtedet eval
+        --set`` does: ``from_checkpoint(path, seg={"flip_test": True})``.
+        """
         from .engine.checkpoint import load_weights
-        from .engine.config import config_from_dict
+        from .engine.config import config_from_dict, deep_merge
 
         _, info = load_weights(path)
         if not info.get("config"):
             raise CheckpointError(f"{path} carries no experiment config; it was not written by `mtedet train`")
         exp = cls.__new__(cls)
-        exp.config = config_from_dict(info["config"])
+        exp._overrides = {k: dict(v) for k, v in sections.items()}
+        exp.config = config_from_dict(deep_merge(info["config"], exp._overrides))
         exp.result, exp._trained, exp._checkpoint = None, None, Path(path)
         return exp
 
@@ -151,7 +157,7 @@ class Experiment:
         if checkpoint is not None:
             self._checkpoint, self._trained = Path(checkpoint), None
         if self._trained is None:
-            self._trained = load_trained(self.checkpoint, device=device)
+            self._trained = load_trained(self.checkpoint, self._overrides, device=device)
         return self._trained
 
     def evaluate(

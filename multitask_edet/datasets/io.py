@@ -1,4 +1,4 @@
-"""Safe readers for the files dataset adapters open (FACTS.md §5).
+"""Safe readers for the files dataset adapters open.
 
 Every reader turns a library failure (PIL, json, ElementTree, scipy.io) into a
 ``DatasetError`` that names the file and says what is wrong with it, so a broken file in a

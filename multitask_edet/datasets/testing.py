@@ -1,4 +1,4 @@
-"""Writers of tiny datasets in the real on-disk formats, for tests (DESIGN.md §6).
+"""Writers of tiny datasets in the real on-disk formats, for tests.
 
 Every writer returns a small record of what it wrote (paths, objects, masks) so a test can
 compare an adapter's output with the truth. Images are drawn: each object is a filled

@@ -334,7 +334,9 @@ def validate(cfg: ExperimentConfig) -> None:
 # ---------------------------------------------------------------------------- recipes
 
 def list_recipes() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+    """The shipped recipes (files starting with "_" hold other settings, not recipes)."""
+    return sorted(p.name[: -len(".yaml")] for p in _recipe_dir().iterdir()
+                  if p.name.endswith(".yaml") and not p.name.startswith("_"))
 
 
 def _recipe_dir():
@@ -390,20 +392,18 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 
 
 def default_recipe(tasks: Sequence[str], dataset: str | None) -> str:
-    """The recipe used when no --config is given."""
-    tasks = tuple(tasks)
+    """The recipe used when no --config is given: the rules of ``configs/_default-recipes.yaml``."""
+    path = Path(str(_recipe_dir().joinpath("_default-recipes.yaml")))
+    rules = yaml.safe_load(path.read_text()) or []
     ds = dataset or ""
-    # the multi-task datasets' recipes name their tasks' types (e.g. drivable and lane are "seg")
-    by_dataset = {"bdd100k": "bdd100k-d3", "cityscapes": "cityscapes-d4-seg", "coco-panoptic": "coco-panoptic-joint-d0"}
-    if ds in by_dataset:
-        return by_dataset[ds]
-    if tasks == ("seg",):
-        return "seg-voc-d4"
-    if "det" in tasks and "seg" in tasks:
-        return "joint-coco-voc" if "+" in ds else "joint-voc-d0"
-    if ds in ("voc0712", "voc2007"):  # the VOC detection benchmark: trainval → 2007 test
-        return "det-voc-d0"
-    return "det-coco-d0"
+    for rule in rules:
+        want = rule.get("dataset")
+        names = [want] if isinstance(want, str) else list(want or [])
+        if not set(rule.get("tasks") or ()) <= set(tasks):
+            continue
+        if want is None or (want == "mixed" and "+" in ds) or ds in names:
+            return rule["recipe"]
+    raise ConfigError(f"no default recipe fits tasks {list(tasks)} and dataset {ds!r}; pass --config RECIPE")
 
 
 #: the named settings of the CLI's flags and of ``Experiment``'s keywords → the config path each sets
@@ -463,7 +463,7 @@ def build_config(
     flat = parse_overrides(set_items)
     layered = deep_merge(dict(overrides or {}), flat)
     if config is None:
-        want = tasks or layered.get("tasks") or ("det",)
+        want = tasks or layered.get("tasks") or ()
         want = tuple(want.split(",")) if isinstance(want, str) else tuple(want)
         ds = (layered.get("data") or {}).get("dataset")
         config = default_recipe(want, ds)

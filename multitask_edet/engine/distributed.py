@@ -1,4 +1,4 @@
-"""Multi-process training with PyTorch's own engine (torchrun + DDP), issue 5 item 5.
+"""Multi-process training with PyTorch's own engine (torchrun + DDP).
 
 ``torchrun --nproc_per_node=N -m multitask_edet train ...`` sets RANK / WORLD_SIZE /
 LOCAL_RANK / MASTER_ADDR; :func:`init_distributed` reads them (NCCL on GPUs, gloo on CPU).

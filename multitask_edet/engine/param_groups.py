@@ -14,7 +14,7 @@ it back in eval mode before every forward: the trainer needs no extra call after
 new modules without the hook.) A task whose head is frozen is dropped from the loss
 (``frozen_tasks``) — computing it would still send gradients into the shared trunk.
 
-Weight decay: none on normalisation parameters and biases by default (issue 5; timm and
+Weight decay: none on normalisation parameters and biases by default (timm and
 detectron2 do the same). The BiFPN fusion weights keep their decay, as in the TF reference.
 
 ``keep_buffers`` restores the BatchNorm running statistics of modules across a forward pass:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -97,10 +97,14 @@ def run_prediction(
     device: str = "auto",
     score_threshold: float = 0.3,
     overlays: bool = True,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write JSON + mask PNGs + overlay PNG per image; returns the JSON records."""
+    """Write JSON + mask PNGs + overlay PNG per image; returns the JSON records.
+
+    ``overrides`` change the saved config's inference options (e.g. ``{"seg": {"flip_test": True}}``).
+    """
     dev = resolve_device(device, env_dist_info())
-    trained = load_trained(checkpoint, device=dev)
+    trained = load_trained(checkpoint, overrides, device=dev)
     files = list_images(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from ..tasks.base import Task, build_task, task_options
 from ..state_dict import key_report, read_state_dict
 from .backbone import Backbone, backbone_input_stats
 from .bifpn import BiFPN
+from .heads import DetectionHead
 from .model import MultiTaskEfficientDet
 
 log = logging.getLogger(__name__)
@@ -179,18 +180,15 @@ def _check_head(name: str, head: Any) -> nn.Module:
 
 
 def detection_task_name(model: nn.Module) -> str | None:
-    """The model's (first) task of type "det" — the one effdet weights convert into."""
-    for name, opts in getattr(model.config, "tasks", {}).items():
-        if opts.get("type") == "det":
-            return name
-    return None
+    """The model's (first) task with an EfficientDet class/box head — the one effdet weights convert into."""
+    return next((name for name, head in model.heads.items() if isinstance(head, DetectionHead)), None)
 
 
 def effdet_model(name: str, sd: Mapping[str, torch.Tensor]) -> MultiTaskEfficientDet:
     """Our detector that an effdet state dict ``sd`` of variant ``name`` converts into, on the meta
     device (no memory): its class count is read from ``sd``; effdet's names are accepted."""
     with torch.device("meta"):
-        return create_model(resolve_model_name(name), tasks={"det": {"num_classes": effdet_num_classes(dict(sd))}})
+        return create_model(resolve_model_name(name), num_classes=effdet_num_classes(dict(sd)))
 
 
 def convert_effdet_file(src: str | Path, dst: str | Path, name: str) -> dict[str, torch.Tensor]:

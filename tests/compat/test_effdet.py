@@ -1,4 +1,4 @@
-"""effdet as the oracle: its weights, converted, give our model the same outputs (issue 2)."""
+"""effdet as the oracle: its weights, converted, give our model the same outputs."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Experiment config: recipes, strict overrides, defaults of issue 5 item 1."""
+"""Experiment config: recipes, strict overrides, the paper's defaults, task sections."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Parameters and GMACs of the named models against the paper's Table 2 (issue 2 acceptance)."""
+"""Parameters and GMACs of the named models against the paper's Table 2."""
 import json
 
 import pytest
