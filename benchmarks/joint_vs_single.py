@@ -8,7 +8,7 @@ the demo's recipe (``configs/demo-shapes.yaml``: the demo's tiny EfficientDet).
 ``--dataset bdd100k``: detection + drivable area + lane lines (three heads, two of them of type
 seg) on the ``shapes`` scenes written in the real BDD100K layout (``mtedet data sample --format
 bdd100k``), read by the ``bdd100k`` adapter. The recipe is ``bdd100k-d3`` (its tasks, losses —
-focal + Tversky for lanes — data options and HybridNets-protocol evaluation) with the network
+focal + Tversky for both seg heads — data options and HybridNets-protocol evaluation) with the network
 and schedule shrunk to CPU scale: the tiny ``test-efficientdet`` trunk with a 64-channel BiFPN
 over P2–P5 (as the demo), 128×224 inputs, AdamW at 1e-2, EMA 0.99, lanes widened by 1 px.
 
@@ -141,7 +141,7 @@ def describe(suite: str, steps: int | None) -> str:
             f"--image-size {s['image_size']}` (the shapes scenes in the released BDD100K layout: circles, "
             "triangles, stars, crosses = car, traffic sign, pedestrian, bus; squares = drivable areas; 1–3 "
             "one-pixel lane lines per image, widened by 1 px), read by the `bdd100k` adapter. Recipe "
-            "`bdd100k-d3` (tasks, losses: CE for drivable, focal + Tversky for lanes; HybridNets-protocol "
+            "`bdd100k-d3` (tasks, losses: focal + Tversky for drivable and lanes; HybridNets-protocol "
             "figures) shrunk to CPU scale: `test-efficientdet` trunk, BiFPN 64 ch over P2–P5, 128×224 input, "
             "batch 8, AdamW 1e-2, EMA 0.99; same steps and seed for every run; metrics on the val split "
             f"({s['n_val']} images), EMA weights. Standard figures: COCO AP, dataset-level IoU; "
