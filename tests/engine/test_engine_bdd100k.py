@@ -47,10 +47,11 @@ def test_joint_det_drivable_lane_run_from_the_cli(bdd_root, tmp_path, capsys):
             v = metrics[task][k]
             assert math.isfinite(v) and 0.0 <= v <= 1.0, (task, k, v)
 
-    # each head learnt from its own annotation with its own loss terms (lane: focal + Tversky)
+    # each head learnt from its own annotation with its own loss terms (the seg heads: focal + Tversky)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = {k for s in steps if s["type"] == "train" for k in s if k.startswith("loss/")}
-    assert {"loss/det/det_cls", "loss/drivable/drivable_ce", "loss/lane/lane_focal", "loss/lane/lane_tversky"} <= losses
+    assert {"loss/det/det_cls", "loss/det/det_box", "loss/drivable/drivable_focal", "loss/drivable/drivable_tversky",
+            "loss/lane/lane_focal", "loss/lane/lane_tversky"} <= losses
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["class_names"] == {"det": list(BDD100K_DET_CLASSES), "drivable": ["background", "drivable"],
                                    "lane": ["background", "lane"]}
