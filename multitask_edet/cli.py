@@ -22,6 +22,7 @@ examples:
   mtedet train --task det                          EfficientDet-D0 on COCO (data in $MTEDET_DATA or ./data)
   mtedet train --task seg --dataset voc2012        the paper's §5.2 segmentation model on VOC 2012
   mtedet train --task det,seg --dataset voc2012    detection + segmentation on one trunk
+  mtedet train --task det,drivable,lane --dataset bdd100k    three heads on one trunk (recipe bdd100k-d3)
   mtedet train --config det-coco-d3 --set train.batch_size=4 --set det.postprocess.nms=soft_nms
   mtedet train --output runs/x --resume            continue runs/x from its last.pt
   torchrun --nproc_per_node=8 -m multitask_edet train --task det    8 GPUs with DDP
@@ -197,6 +198,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters {info['params'] / 1e6:.3f}M  GMACs {info['gmacs']:.2f}")
     for part, n in info["params_per_part"].items():
         print(f"  {part:<12} {n / 1e6:8.3f}M")
+    for ref in info["published"]:
+        gmacs = f", {ref['gmacs']:g} GMACs" if ref["gmacs"] is not None else ""
+        print(f"published: {ref['model']} {ref['params'] / 1e6:.3f}M params{gmacs} ({ref['note']}); "
+              f"this model {info['params'] / ref['params']:.2f}x its parameters")
     return 0
 
 
@@ -216,9 +221,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         entry = DATASETS.get(args.dataset)
     except KeyError as e:
         raise ConfigError(e.args[0]) from None
+    from .config_utils import parse_overrides
+
     annotations = args.annotations or entry.annotations()
     splits = args.split or ("train", "val")
-    report = check_dataset(args.dataset, args.data_root, splits=splits, annotations=annotations, workers=args.workers)
+    report = check_dataset(args.dataset, args.data_root, splits=splits, annotations=annotations, workers=args.workers,
+                           **parse_overrides(args.option))
     print(format_report(report, max_problems=args.max_problems))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
@@ -226,6 +234,14 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_sample(args: argparse.Namespace) -> int:
+    if args.format != "shapes":
+        from .datasets.format_samples import write_format_sample
+
+        counts = {"n_train": args.num_train, "n_val": args.num_val, "image_size": args.image_size, "seed": args.seed}
+        folder, dataset = write_format_sample(args.format, args.out_dir, **{k: v for k, v in counts.items() if v is not None})
+        print(f"wrote the {args.format} sample (the shapes scenes in the {dataset} layout) to {folder}; "
+              f"train on it with --dataset {dataset} --data-root {args.out_dir}")
+        return 0
     from .datasets import write_shapes
 
     given = {k: getattr(args, k) for k in ("num_train", "num_val", "image_size", "seed") if getattr(args, k) is not None}
@@ -269,8 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.add_argument("--task", type=_tasks, metavar="TASKS",
                    help="det, seg, det,seg or tasks of the recipe, e.g. det,drivable,lane (default: the recipe's; det)")
-    t.add_argument("--dataset", help="coco, voc2012, voc2007, voc0712, shapes, or A+B for one dataset per task "
-                   "(e.g. coco+voc2012 with --task det,seg)")
+    t.add_argument("--dataset", help="coco, voc2012, voc2007, voc0712, shapes, bdd100k, cityscapes, coco-panoptic, "
+                   "coco-format, or A+B for one dataset per task (e.g. coco+voc2012 with --task det,seg)")
     t.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: $MTEDET_DATA, then ./data)")
     t.add_argument("--model", help="model variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg "
                    "(`mtedet info` shows their size)")
@@ -381,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters (per part) and GMACs of a model variant",
                        description="Parameters (total, backbone, neck, each head) and multiply-adds (GMACs, one image) "
                        "of a named model at its native or a given input size.")
-    i.add_argument("model", metavar="MODEL", help="a variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg")
+    i.add_argument("model", metavar="MODEL", help="a variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg, "
+                   "efficientdet-d3-bdd (the bdd100k-d3 recipe's model, beside HybridNets' 12.83M)")
     i.add_argument("--tasks", metavar="TASKS", help="heads to attach: det, seg or det,seg (default: the variant's)")
     i.add_argument("--num-classes", type=int, metavar="N", help="classes of every head (default: the variant's)")
     i.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the variant's native)")
@@ -407,24 +424,35 @@ def build_parser() -> argparse.ArgumentParser:
         "(images, objects per class, mask class histogram) and every problem with its file. Exit code 1 when "
         "there are problems.",
     )  # fmt: skip
-    dc.add_argument("--dataset", required=True, help="coco, voc2012, voc2007, voc0712, shapes, ...")
+    dc.add_argument("--dataset", required=True, help="coco, voc2012, voc2007, voc0712, shapes, bdd100k, cityscapes, "
+                    "coco-panoptic, ...")
     dc.add_argument("--data-root", metavar="DIR", help="folder holding the dataset (default: $MTEDET_DATA, then ./data)")
     dc.add_argument("--split", action="append", metavar="SPLIT", help="split to check (repeatable; default train and val)")
     dc.add_argument("--annotations", "--task", dest="annotations", metavar="NAMES",
                     help="annotations to check, e.g. det, seg or det,seg (default: every annotation the dataset "
                     "supplies; det for voc2007/voc0712)")
+    dc.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="an option of the dataset's adapter, as data.options of a config, e.g. --option "
+                    "lane_dilation=3 --option class_map=vehicle (repeatable; unknown options are errors)")
     dc.add_argument("--workers", type=int, default=0, metavar="N", help="loader worker processes (default 0)")
     dc.add_argument("--max-problems", type=int, default=200, metavar="N", help="print at most N problems (default 200)")
     dc.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     dc.set_defaults(func=cmd_data_check)
-    ds = dsub.add_parser("sample", help="write the built-in shapes dataset (COCO and VOC layouts)",
-                         description="Write the synthetic `shapes` dataset (deterministic) in the real COCO and VOC "
-                         "layouts, for --dataset shapes --data-root OUT_DIR.")
+    ds = dsub.add_parser("sample", help="write the built-in shapes dataset (COCO and VOC, or a multi-task layout)",
+                         description="Write the synthetic `shapes` scenes (deterministic) in real on-disk layouts: "
+                         "COCO and VOC (--format shapes, for --dataset shapes), or the BDD100K (released or "
+                         "HybridNets/YOLOP re-packed), Cityscapes or COCO panoptic layout, under OUT_DIR/bdd100k, "
+                         "OUT_DIR/cityscapes or OUT_DIR/coco, for --dataset bdd100k|cityscapes|coco-panoptic "
+                         "--data-root OUT_DIR.")
     ds.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
+    ds.add_argument("--format", "--layout", dest="format", default="shapes",
+                    choices=["shapes", "bdd100k", "bdd100k-repacked", "cityscapes", "coco-panoptic"],
+                    help="layout to write (default shapes: COCO + VOC)")
     # defaults are the generator's (datasets/sample.py DEFAULTS, what --dataset shapes uses)
     ds.add_argument("--num-train", type=int, metavar="N", help="training images (default: as --dataset shapes)")
     ds.add_argument("--num-val", type=int, metavar="N", help="validation images (default: as --dataset shapes)")
-    ds.add_argument("--image-size", type=int, metavar="N", help="largest image side (default: as --dataset shapes)")
+    ds.add_argument("--image-size", type=int, metavar="N", help="largest image side (default: as --dataset shapes; "
+                    "128 for the other formats)")
     ds.add_argument("--seed", type=int, help="generator seed (default: as --dataset shapes)")
     ds.set_defaults(func=cmd_data_sample)
 

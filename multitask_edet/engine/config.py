@@ -195,7 +195,10 @@ class ExperimentConfig:
                 continue
             if k == "task_sections":
                 raise ConfigError("task sections are written at the top level under the task's name (e.g. det: {...})")
-            if k not in tasks and not _is_task_type(k):
+            # a section is a task's when the key names a task of the config or a task type, or when
+            # it gives a registered `type` (a recipe's drivable: {type: seg} while training --task lane)
+            typed = isinstance(v, Mapping) and isinstance(v.get("type"), str) and _is_task_type(v["type"])
+            if k not in tasks and not _is_task_type(k) and not typed:
                 raise ConfigError(
                     f"unknown config key {k!r}; valid keys: {', '.join(_SECTIONS)} and a section per task "
                     f"(tasks of this config: {', '.join(tasks) or 'none'})"

@@ -12,6 +12,10 @@ nor FP, a box already taken makes it an FP — with the VOC2010+ area or the VOC
 11-point interpolation. The same run reports COCOeval's numbers on VOC, prefixed "coco_".
 Coordinates are continuous (VOC's 1-based pixels become [x1 - 1, x2]), which equals the
 devkit's "+1" width convention exactly, so no +1 appears here.
+
+With ``DetEvalConfig.paper_protocol`` the recall and mAP@0.5 that HybridNets / YOLOP report
+are computed too, as their code does (tasks/detection/paper_metrics.py), under keys prefixed
+with the protocol's name; the main metric stays COCO's (or VOC's).
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from pycocotools.cocoeval import COCOeval
 from ...errors import ConfigError
 from ..base import Evaluator
 from .config import DetEvalConfig
+from .paper_metrics import paper_detection_metrics
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -142,8 +147,26 @@ class DetectionEvaluator(Evaluator):
                 per_class.setdefault(name, {})["VOC AP50"] = ap
         else:
             metrics = coco
+        if self.cfg.paper_protocol != "none":
+            paper, paper_per_class = paper_detection_metrics(self._paper_images(), self.cfg.paper_protocol,
+                                                             [self.class_names[c] for c in self.cat_ids.values()])
+            metrics = {**metrics, **paper}
+            for name, vals in paper_per_class.items():
+                per_class.setdefault(name, {}).update({"paper R": vals["recall"], "paper AP50": vals["AP50"]})
         self.metrics, self.per_class = metrics, per_class
         return metrics
+
+    def _paper_images(self):
+        """Per evaluated image: its detections and its ground truth (contiguous labels, xyxy, ignore flags)."""
+        for image_id in sorted(self._preds):
+            boxes, scores, labels = self._preds[image_id]
+            anns = [a for a in self.coco_gt.loadAnns(self.coco_gt.getAnnIds(imgIds=[image_id]))
+                    if a["category_id"] in self.label_of_cat]
+            gt = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+            gt[:, 2:] += gt[:, :2]
+            gt_labels = np.array([self.label_of_cat[a["category_id"]] for a in anns], dtype=np.int64)
+            ignore = np.array([bool(a.get("ignore", 0) or a.get("iscrowd", 0)) for a in anns], dtype=bool)
+            yield boxes, scores, labels, gt, gt_labels, ignore
 
     def _coco_eval(self, source, any_results: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         image_ids = sorted(self._preds)
@@ -217,13 +240,18 @@ class DetectionEvaluator(Evaluator):
             return "detection: nothing evaluated yet"
         title = "VOC protocol (AP50, difficult ignored)" if self.protocol == "voc" else "COCO protocol"
         lines = [f"detection — {title}, {len(self._preds)} images"]
-        lines.append("  ".join(f"{k} {v * 100:.2f}" for k, v in self.metrics.items()))
+        lines.append("  ".join(f"{k} {v * 100:.2f}" for k, v in self.metrics.items() if "/" not in k))
+        p = self.cfg.paper_protocol
+        if f"{p}/recall" in self.metrics:
+            lines.append(f"{p} protocol (YOLOv5-style matching, 101-point AP; not COCO's): "
+                         f"recall {100 * self.metrics[f'{p}/recall']:.2f}  mAP50 {100 * self.metrics[f'{p}/mAP50']:.2f}")
         if self.per_class:
             cols = sorted({k for v in self.per_class.values() for k in v})
             width = max(12, max(len(n) for n in self.per_class))
-            lines.append(f"{'class':<{width}}" + "".join(f"{c:>10}" for c in cols))
+            cw = {c: max(10, len(c) + 2) for c in cols}
+            lines.append(f"{'class':<{width}}" + "".join(f"{c:>{cw[c]}}" for c in cols))
             for name, vals in self.per_class.items():
-                cells = "".join(f"{vals.get(c, float('nan')) * 100:>10.2f}" for c in cols)
+                cells = "".join(f"{vals.get(c, float('nan')) * 100:>{cw[c]}.2f}" for c in cols)
                 lines.append(f"{name:<{width}}{cells}")
         return "\n".join(lines)
 

@@ -20,6 +20,9 @@ truth nor in the predictions of the evaluated images (its IoU is then 0/0):
 
 Also reported: pixel accuracy (TP summed over classes / valid pixels), mean class accuracy
 (mean over classes present in the ground truth of TP_c / (TP_c + FN_c)), and IoU per class.
+With a ``paper`` accumulator (``SegEvalConfig.paper_protocol``) the figures of a driving
+paper's own protocol come beside them, under keys prefixed with its name
+(tasks/segmentation/paper_metrics.py defines them); they never replace the standard ones.
 
 The accumulator is a hand-written ``torch.bincount`` of ``gt * C + pred`` on the predictions'
 device, chosen over torchmetrics' ``MulticlassJaccardIndex`` (used as the test oracle): that
@@ -41,6 +44,7 @@ import torch.distributed as dist
 from ..base import Evaluator
 from .inference import mask_to_original
 from .palette import save_confusion_matrix_image, save_palette_png
+from .paper_metrics import PaperSegMetrics, confusion_matrix
 
 
 class SegmentationEvaluator(Evaluator):
@@ -54,6 +58,7 @@ class SegmentationEvaluator(Evaluator):
         output_dir: str | Path | None = None,
         palette: np.ndarray | None = None,
         annotation: str = "seg",
+        paper: PaperSegMetrics | None = None,
     ):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
@@ -66,6 +71,8 @@ class SegmentationEvaluator(Evaluator):
         self.palette = palette
         #: the batch key / ``meta["orig_masks"]`` entry holding this task's ground truth
         self.annotation = annotation
+        #: a driving paper's protocol, reported beside the standard figures (paper_metrics.py)
+        self.paper = paper
         self.reset()
 
     def reset(self) -> None:
@@ -73,6 +80,8 @@ class SegmentationEvaluator(Evaluator):
         self._synced: torch.Tensor | None = None  # the sum over processes, after sync()
         self._last: dict[str, float] | None = None
         self._seen = 0  # images passed to update(), names PNGs of samples without a file name
+        if self.paper is not None:
+            self.paper.reset()
 
     # ------------------------------------------------------------------ accumulation
     def accumulate(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
@@ -82,19 +91,7 @@ class SegmentationEvaluator(Evaluator):
     def accumulate_many(self, preds: Sequence[torch.Tensor], gts: Sequence[torch.Tensor]) -> None:
         if not preds:
             return
-        c = self.num_classes
-        device = preds[0].device
-        codes = []
-        for pred, gt in zip(preds, gts):
-            if pred.shape != gt.shape:
-                raise ValueError(f"prediction of shape {tuple(pred.shape)} scored against ground truth {tuple(gt.shape)}")
-            gt = gt.to(device=device, dtype=torch.long, non_blocking=True).reshape(-1)
-            pred = pred.to(torch.long).reshape(-1)
-            # Void pixels are left out; so is any other label outside 0..C-1 (the dataset
-            # adapters reject those when they read the masks).
-            valid = (gt != self.ignore_index) & (gt >= 0) & (gt < c)
-            codes.append(gt[valid] * c + pred[valid])
-        counts = torch.bincount(torch.cat(codes), minlength=c * c).reshape(c, c)
+        counts = confusion_matrix(preds, gts, self.num_classes, self.ignore_index)
         self._local = counts if self._local is None else self._local + counts.to(self._local.device)
         self._synced = None
 
@@ -122,6 +119,8 @@ class SegmentationEvaluator(Evaluator):
             preds.append(pred)
             gts.append(gt)
         self.accumulate_many(preds, gts)
+        if self.paper is not None:
+            self.paper.update(preds, gts)
 
     @staticmethod
     def _stem(meta: dict[str, Any] | None, index: int) -> str:
@@ -135,6 +134,8 @@ class SegmentationEvaluator(Evaluator):
         """Sum the confusion matrices of all processes (idempotent; a no-op when not distributed)."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
+        if self.paper is not None:
+            self.paper.sync()
         local = self._local if self._local is not None else torch.zeros(
             self.num_classes, self.num_classes, dtype=torch.long
         )
@@ -178,6 +179,8 @@ class SegmentationEvaluator(Evaluator):
         for name, value, ok in zip(self.class_names, iou, present):
             if ok:
                 metrics[f"IoU/{name}"] = float(value)
+        if self.paper is not None:
+            metrics.update(self.paper.compute())
         self._last = metrics
         return metrics
 
@@ -198,6 +201,8 @@ class SegmentationEvaluator(Evaluator):
             f"present (all classes: {100 * metrics['mIoU_all_classes']:.2f}); "
             f"pixel acc {100 * metrics['pixel_acc']:.2f}; mean class acc {100 * metrics['mean_class_acc']:.2f}"
         )
+        if self.paper is not None:
+            lines.append(self.paper.report(self.paper.compute()))
         return "\n".join(lines)
 
     def save_confusion_matrix(self, path: str | Path) -> Path:
