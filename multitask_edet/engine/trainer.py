@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..datasets.base import normalize_images
+from ..errors import NonFiniteError
 from ..tasks.base import Task
 from .distributed import ResumableLoader, unwrap, world_size
 from .param_groups import drop_absent_task_grads, keep_buffers, task_heads
@@ -39,8 +40,8 @@ from .weighting import LossWeighting, sum_task_losses
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(NonFiniteError, RuntimeError):
+    """Training stopped: too many steps in a row had a non-finite loss, gradient or weight."""
 
 
 def to_float(x: Any) -> Any:
