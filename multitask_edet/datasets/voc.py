@@ -21,6 +21,7 @@ XML yields boxes and mask; one without an XML yields only its mask and is left o
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError, DatasetError
 from .dataset import DetSegDataset, normalize_tasks
-from .io import check_mask, image_size, read_image, read_mask, read_sbd_mat, read_split_list, read_xml
+from .io import check_mask, exif_hint, image_size, read_image, read_mask, read_sbd_mat, read_split_list, read_xml
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -103,8 +104,9 @@ class VocDataset(DetSegDataset):
         if s is not None and s.findtext("width") and s.findtext("height"):
             try:
                 size = (int(float(s.findtext("height"))), int(float(s.findtext("width"))))
-            except ValueError:
-                raise DatasetError(f"annotation file {path}: <size> is not numeric") from None
+            except (ValueError, OverflowError):  # "abc", nan, inf
+                raise DatasetError(f"annotation file {path}: <size> <width>{s.findtext('width')}</width> "
+                                   f"<height>{s.findtext('height')}</height> is not a pair of whole numbers") from None
         objects = []
         for k, obj in enumerate(root.iter("object")):
             name = (obj.findtext("name") or "").strip()
@@ -117,6 +119,10 @@ class VocDataset(DetSegDataset):
                 xmin, ymin, xmax, ymax = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
             except (AttributeError, TypeError, ValueError):
                 raise DatasetError(f"annotation file {path}: object {k} ({name}) has no valid <bndbox>") from None
+            for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (xmin, ymin, xmax, ymax)):
+                if not math.isfinite(v):  # float() reads "nan" and "inf", and NaN passes every range check
+                    raise DatasetError(f"annotation file {path}: object {k} ({name}) has <{tag}>{bb.findtext(tag)}"
+                                       f"</{tag}>; expected a finite pixel coordinate")
             if xmax < xmin or ymax < ymin:
                 raise DatasetError(
                     f"annotation file {path}: object {k} ({name}) has box xmin={xmin} ymin={ymin} "
@@ -136,7 +142,7 @@ class VocDataset(DetSegDataset):
         if parsed["size"] is not None and parsed["size"] != tuple(hw):
             raise DatasetError(
                 f"annotation file {path} gives size {parsed['size'][1]}x{parsed['size'][0]} (WxH) but image "
-                f"{self.items[index].image} is {hw[1]}x{hw[0]}"
+                f"{self.items[index].image} is {hw[1]}x{hw[0]}" + exif_hint(self.items[index].image, parsed["size"])
             )
         h, w = hw
         t = self.box_tolerance
