@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, save_safetensors, set_rng_state
 from .distributed import all_gather_object, is_main_process, unwrap, world_size
 from .trainer import Hook
@@ -248,7 +248,16 @@ class EvalHook(Hook):
 
         t = self.trainer
         start = time.perf_counter()
-        results, evaluators = self.eval_fn()
+        try:
+            results, evaluators = self.eval_fn()
+        except NonFiniteError as e:
+            # the model's outputs were all NaN/inf: no score (so no best.pt from it), said and logged
+            self.last_eval_step = t.step
+            if is_main_process():
+                print(f"evaluation at step {t.step} (epoch {t.epoch}): no score: {e}", flush=True)
+                if self.logger is not None:
+                    self.logger.log_eval({"nonfinite_outputs": 1.0}, seconds=time.perf_counter() - start)
+            return {}
         self.last_results, self.last_evaluators = results, evaluators
         self.last_eval_step = t.step
         main_key = getattr(evaluators.get(self.main_task), "main_metric", "")
