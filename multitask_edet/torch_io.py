@@ -39,11 +39,12 @@ def load_weights_only(path: str | Path, map_location: Any = "cpu", what: str = "
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower() or "weightsunpickler" in str(e).lower():
-            found = _GLOBAL.search(str(e))
-            detail = f" (first: {found.group(1)})" if found else ""
+        # torch names the first class or function a pickle payload would call ("Unsupported
+        # global"); random or damaged bytes fail on an opcode instead ("Unsupported operand")
+        found = _GLOBAL.search(str(e))
+        if found:
             raise CheckpointError(
-                f"{what} {path} is not loadable safely: it holds pickled Python objects{detail} that "
+                f"{what} {path} is not loadable safely: it holds pickled Python objects (first: {found.group(1)}) that "
                 "torch.load(weights_only=True) refuses to run, and mtedet never runs code from a weights file. "
                 "If you trust its source, load it yourself with torch.load(..., weights_only=False) and save "
                 "its tensors again (torch.save(state_dict) or safetensors)"

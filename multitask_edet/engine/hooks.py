@@ -30,6 +30,7 @@ import torch
 from ..errors import CheckpointError, NonFiniteError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, save_safetensors, set_rng_state
 from .distributed import all_gather_object, is_main_process, unwrap, world_size
+from .step_guard import all_finite
 from .trainer import Hook
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Checkpointer:
         payload = self.payload(gather)
         path = self.run_dir / name
         if is_main_process():
+            _refuse_nonfinite(path, {"model": payload["model"], "ema": payload.get("ema", {})})
             save_checkpoint(path, payload)
         if name == "last.pt":
             self.last_saved_step = self.trainer.step
@@ -102,7 +104,10 @@ class Checkpointer:
         if not is_main_process():
             return None
         meta = {"config": self.config, "class_names": self.class_names, "step": self.trainer.step}
-        return save_safetensors(self.run_dir / "model.safetensors", self.release_state_dict(), meta)
+        path = self.run_dir / "model.safetensors"
+        state = self.release_state_dict()
+        _refuse_nonfinite(path, {"weights": state})
+        return save_safetensors(path, state, meta)
 
     def resume(self, path: str | Path) -> dict[str, Any]:
         """Restore everything from ``path`` (all ranks read it); returns the checkpoint."""
@@ -141,8 +146,23 @@ class Checkpointer:
         return ckpt
 
 
+def _refuse_nonfinite(path: Path, parts: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Never write NaN/inf weights: raise, and the previous file at ``path`` stays as it was."""
+    bad = [f"{part}.{k}" for part, sd in parts.items() for k, v in sd.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not all_finite([v])]
+    if bad:
+        raise NonFiniteError(
+            f"not writing {path}: {len(bad)} weight tensor(s) hold NaN/inf ({', '.join(bad[:3])}"
+            f"{' …' if len(bad) > 3 else ''}); the previous {path.name}, if any, is kept"
+        )
+
+
 class CheckpointHook(Hook):
-    """``last.pt`` at every epoch end, every N steps, and whenever the run stops."""
+    """``last.pt`` at every epoch end, every N steps, and whenever the run stops.
+
+    A run that ends before its first step completed writes nothing: its state is the
+    initialisation, and a ``last.pt`` of it would only make re-running the command refuse.
+    """
 
     def __init__(self, checkpointer: Checkpointer, every_steps: int = 0):
         self.ckpt = checkpointer
@@ -156,10 +176,16 @@ class CheckpointHook(Hook):
 
     def after_train(self) -> None:
         t = self.trainer
-        if self.ckpt.last_saved_step != t.step:
-            # an exception ended the run: other ranks may be gone, so no collective gather
-            self.ckpt.save("last.pt", gather=False)
-        self.ckpt.save_release()
+        if t.step == 0:
+            return  # failed before the first step: nothing worth keeping, nothing to block a re-run
+        try:
+            if self.ckpt.last_saved_step != t.step:
+                # an exception ended the run: other ranks may be gone, so no collective gather
+                self.ckpt.save("last.pt", gather=False)
+            self.ckpt.save_release()
+        except NonFiniteError as e:
+            # said, not raised: an exception that ended the run must stay the one reported
+            log.error("%s", e)
 
 
 # ---------------------------------------------------------------------------- EMA + LR

@@ -113,3 +113,79 @@ def test_segmentation_pixels_without_finite_scores_are_misses_not_class_0():
     ev.accumulate(torch.full((4, 4), 255, dtype=torch.uint8), gt)
     with pytest.raises(NonFiniteError, match="no mIoU"):
         ev.compute()
+
+
+# ---------------------------------------------------------------------------- diverging training
+
+def _finite(tensors) -> bool:
+    return all(torch.isfinite(v).all() for v in tensors if v.is_floating_point())
+
+
+@pytest.mark.parametrize("settings, kind", [
+    (("train.base_lr=1000000", "train.clip_grad_norm=null"), "non-finite"),
+    (("train.lr=1.0e+38", "train.warmup_epochs=0", "train.clip_grad_norm=null"), "non-finite weights after the update"),
+])  # fmt: skip
+def test_diverging_run_never_writes_nonfinite_weights(settings, kind, shapes_root, tmp_path, tiny_args, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "diverged"
+    sets = [a for s in settings for a in ("--set", s)]
+    code = main(tiny_args(shapes_root, out, "det,seg", "--epochs", "3", "--set", "train.max_nonfinite=3",
+                          "--set", "eval.every_steps=1", "--set", "eval.max_images=2", *sets))
+    err = capsys.readouterr().err
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert _finite(last["model"].values()) and _finite(last["ema"].values())
+    assert _finite(load_file(out / "model.safetensors").values())
+    if (out / "best.pt").exists():
+        best = torch.load(out / "best.pt", weights_only=True)
+        assert _finite(best["model"].values()) and _finite(best["ema"].values())
+    assert code == 1 and kind in err and "every failing step was undone" in err, err
+    good = last["state"]["last_finite_step"]  # the message says which step the weights on disk are from
+    assert (f"holds the weights of step {good}," in err) if good else ("holds the initial weights" in err)
+    assert last["state"]["nonfinite_in_row"] == 3
+
+
+def test_checkpoints_are_never_written_from_nonfinite_weights(trained_run, tmp_path):
+    import shutil
+
+    from multitask_edet.engine.hooks import Checkpointer
+    from multitask_edet.errors import NonFiniteError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "last.pt").read_bytes()
+
+    class _Trainer:  # the parts of a trainer a Checkpointer reads
+        def __init__(self):
+            self.model = torch.nn.Linear(2, 2)
+            self.model.weight.data[0, 0] = float("nan")
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+            self.weighting = torch.nn.Module()
+            self.loader = type("L", (), {"seed": 0})()
+            self.scaler, self.step, self.epoch, self.iter_in_epoch = None, 7, 0, 7
+
+        def progress_state(self):
+            return {"step": self.step}
+
+    ckpt = Checkpointer(run, trainer=_Trainer())
+    with pytest.raises(NonFiniteError, match="not writing .*last.pt: 1 weight tensor.*model.weight"):
+        ckpt.save("last.pt")
+    with pytest.raises(NonFiniteError, match="model.safetensors"):
+        ckpt.save_release()
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_failure_in_the_first_step_leaves_nothing_that_blocks_a_rerun(shapes_root, tmp_path, tiny_args, monkeypatch):
+    from multitask_edet.tasks.detection.task import DetectionTask
+
+    def broken(self, outputs, batch, targets=None):
+        raise RuntimeError("shape mismatch in the first forward")
+
+    out = tmp_path / "run"
+    argv = tiny_args(shapes_root, out, "det", "--max-steps", "2", "--set", "train.ema=false")
+    monkeypatch.setattr(DetectionTask, "loss", broken)
+    with pytest.raises(RuntimeError, match="first forward"):
+        main(argv)
+    assert not (out / "last.pt").exists() and not (out / "model.safetensors").exists()
+    monkeypatch.undo()
+    assert main(argv) == 0  # the same command again: not refused as "already holds a training"

@@ -134,8 +134,8 @@ class DetectionEvaluator(Evaluator):
         if self._preds and all(len(p[0]) == 0 for p in self._preds.values()):
             raise NonFiniteError(
                 f"detection outputs were all non-finite (NaN/inf): {dropped} candidate boxes/scores left out over "
-                f"{len(self._preds)} image(s) and no finite detection remained, so no AP is reported; the model's "
-                "weights or inputs hold non-finite values (a diverged training?)"
+                f"{len(self._preds)} image(s) and no finite detection remained, so no AP is reported; the network "
+                "overflowed, or its weights or inputs hold NaN/inf (a diverged training?)"
             )
         log.warning("detection: %d non-finite candidate boxes/scores left out over %d image(s) (NaN/inf outputs)",
                     dropped, sum(1 for v in self._nonfinite.values() if v))

@@ -211,8 +211,8 @@ class SegmentationEvaluator(Evaluator):
         if total and nonfinite == total:
             raise NonFiniteError(
                 f"segmentation outputs were all non-finite (NaN/inf): none of the {total} pixels predicted has a "
-                "class, so no mIoU is reported; the model's weights or inputs hold non-finite values (a diverged "
-                "training?)"
+                "class, so no mIoU is reported; the network overflowed, or its weights or inputs hold NaN/inf (a "
+                "diverged training?)"
             )
         s = self.per_class()
         iou, present = s["iou"], s["present"]
