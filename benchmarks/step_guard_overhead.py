@@ -63,7 +63,7 @@ def main() -> None:
         guard.save()
         guard.buffers_finite()
         all_finite(grads)
-        guard.weights_finite()
+        guard.params_finite()
 
     grads = step()  # momentum buffers exist from here on, as in a running training
     guarded_calls(grads)

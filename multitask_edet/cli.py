@@ -177,8 +177,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .config_utils import parse_overrides
     from .engine.evaluate import run_evaluation
 
-    # checked before the inference, not after it: the default report folder goes next to the checkpoint
-    ensure_writable_dir(args.output) if args.output else ensure_writable_dir(Path(args.checkpoint).parent, create=False)
+    # checked before the inference, not after it (the default report folder goes next to the checkpoint);
+    # create=False everywhere: a command refused later (a bad checkpoint, say) leaves no empty folder
+    ensure_writable_dir(args.output or Path(args.checkpoint).parent, create=False)
     run_evaluation(
         args.checkpoint, dataset=args.dataset, split=args.split, root=args.data_root, batch_size=args.batch_size,
         device=args.device, workers=args.workers, output=args.output, max_images=args.max_images,
@@ -190,7 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import run_prediction
 
-    ensure_writable_dir(args.out)
+    ensure_writable_dir(args.out, create=False)
     records = run_prediction(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, device=args.device,
         score_threshold=args.score_threshold, overlays=not args.no_overlay,
@@ -202,7 +203,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .engine.export import export_onnx
 
-    ensure_writable_dir(Path(args.out).parent)
+    ensure_writable_dir(Path(args.out).parent, create=False)
     desc = export_onnx(
         args.checkpoint, args.out, image_size=args.image_size, batch_size=args.batch_size,
         dynamic_batch=args.dynamic_batch, opset=args.opset, check=not args.no_check,
@@ -232,7 +233,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .compat.effdet import convert_effdet_checkpoint
 
-    ensure_writable_dir(Path(args.dst).parent)
+    ensure_writable_dir(Path(args.dst).parent, create=False)
     sd = convert_effdet_checkpoint(args.src, args.dst, args.model)
     print(f"wrote {args.dst} ({len(sd)} tensors) for {args.model}")
     return 0
@@ -242,7 +243,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from .datasets.check import check_dataset, format_report
 
     if args.json:
-        ensure_writable_dir(Path(args.json).parent)
+        ensure_writable_dir(Path(args.json).parent, create=False)
     tasks = args.task or ("det" if args.dataset in ("voc2007", "voc0712") else "det,seg")
     splits = args.split or ("train", "val")
     report = check_dataset(args.dataset, args.data_root, splits=splits, tasks=tasks, workers=args.workers)

@@ -148,6 +148,8 @@ class Checkpointer:
 
 def _refuse_nonfinite(path: Path, parts: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
     """Never write NaN/inf weights: raise, and the previous file at ``path`` stays as it was."""
+    if all_finite(v for sd in parts.values() for v in sd.values() if torch.is_tensor(v)):
+        return
     bad = [f"{part}.{k}" for part, sd in parts.items() for k, v in sd.items()
            if torch.is_tensor(v) and v.is_floating_point() and not all_finite([v])]
     if bad:
@@ -178,14 +180,16 @@ class CheckpointHook(Hook):
         t = self.trainer
         if t.step == 0:
             return  # failed before the first step: nothing worth keeping, nothing to block a re-run
+        ending_by_error = sys.exc_info()[1] is not None  # called from the trainer's `finally`
         try:
             if self.ckpt.last_saved_step != t.step:
                 # an exception ended the run: other ranks may be gone, so no collective gather
                 self.ckpt.save("last.pt", gather=False)
             self.ckpt.save_release()
         except NonFiniteError as e:
-            # said, not raised: an exception that ended the run must stay the one reported
-            log.error("%s", e)
+            if not ending_by_error:
+                raise
+            log.error("%s", e)  # said, not raised: the exception that ended the run stays the one reported
 
 
 # ---------------------------------------------------------------------------- EMA + LR

@@ -98,8 +98,8 @@ class StepGuard:
     def buffers_finite(self) -> bool:
         return all_finite(self.buffers)
 
-    def weights_finite(self) -> bool:
-        return all_finite(self.params) and all_finite(self.buffers)
+    def params_finite(self) -> bool:
+        return all_finite(self.params)
 
 
 __all__ = ["StepGuard", "all_finite"]

@@ -256,7 +256,7 @@ class Trainer:
             self.optimizer.step()
             self.step_applied = True
         self.optimizer.zero_grad(set_to_none=True)
-        if self.step_applied and not self.guard.weights_finite():
+        if self.step_applied and not self.guard.params_finite():  # buffers were checked before, and did not change
             self.step_applied = False
             self._undo_step("weights after the update", metrics)
             self.step_metrics = metrics
@@ -272,6 +272,7 @@ class Trainer:
     def _undo_step(self, kind: str, metrics: dict[str, float]) -> None:
         """A step met non-finite ``kind``: put the state of before it back, count it, maybe stop."""
         self.guard.restore()
+        metrics.pop("grad_norm", None)  # of gradients that were thrown away
         self.nonfinite_in_row += 1
         self.nonfinite_total += 1
         if kind not in self.nonfinite_kinds:
