@@ -16,6 +16,7 @@ import torch
 from .errors import CheckpointError
 
 _GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_OPERAND = re.compile(r"Unsupported operand \d+")
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
@@ -55,7 +56,9 @@ def load_weights_only(path: str | Path, map_location: Any = "cpu", what: str = "
 
 
 def _unreadable(path: Path, what: str, e: BaseException) -> CheckpointError:
-    detail = first_line(e)
+    # torch's long weights-only preamble says nothing about this file; its opcode line does
+    operand = _OPERAND.search(str(e))
+    detail = f"not a pickle stream ({operand.group(0)})" if operand else first_line(e)
     return CheckpointError(
         f"{what} {path} cannot be read ({type(e).__name__}{': ' + detail if detail else ''}); "
         "it is corrupt, truncated, or not a torch.save file"

@@ -126,9 +126,9 @@ def postprocess_detections(
     metas: Sequence[dict[str, Any]] | None = None,
     cfg: DetPostprocessConfig = DetPostprocessConfig(),
     box_coder: BoxCoder | None = None,
-) -> list[dict[str, Any]]:
-    """Per image: dict(boxes (D, 4) xyxy original px, scores (D,), labels (D,) int64, nonfinite (int):
-    the (anchor, class) candidates left out because their outputs were not finite)."""
+) -> list[dict[str, torch.Tensor]]:
+    """Per image: dict(boxes (D, 4) xyxy original px, scores (D,), labels (D,) int64, nonfinite (0-d
+    int64): the (anchor, class) candidates left out because their outputs were not finite)."""
     coder = box_coder or BoxCoder()
     logits, codes, anchor_idx, classes, nonfinite = select_candidates(
         cls_outputs, box_outputs, num_classes, cfg.max_candidates)
@@ -164,5 +164,7 @@ def postprocess_detections(
     return results
 
 
-def _det(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, nonfinite: int = 0) -> dict[str, Any]:
-    return {"boxes": boxes.float(), "scores": scores.float(), "labels": labels.long(), "nonfinite": int(nonfinite)}
+def _det(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, nonfinite: int = 0) -> dict[str, torch.Tensor]:
+    # every value a tensor, like the rest of the record (callers move records with .cpu())
+    return {"boxes": boxes.float(), "scores": scores.float(), "labels": labels.long(),
+            "nonfinite": torch.tensor(int(nonfinite))}
