@@ -94,45 +94,27 @@ def _tasks(text: str) -> list[str]:
 def _recipes() -> str:
     # read the folder directly: importing the engine (torch) would make --help slow
     folder = Path(__file__).parent / "configs"
-    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_")))
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The nested config updates that the explicit train flags stand for."""
-    o: dict[str, Any] = {}
+    """The nested config updates that the explicit train flags stand for (engine/config.py)."""
+    from .engine.config import experiment_overrides
 
-    def put(path: str, value: Any) -> None:
-        if value is None:
-            return
-        node = o
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-
-    put("tasks", args.task)
-    put("data.dataset", args.dataset)
-    put("data.root", args.data_root)
-    put("data.workers", args.workers)
-    put("data.on_error", args.on_error)
-    put("model.name", args.model)
-    put("model.image_size", args.image_size)
-    put("train.epochs", args.epochs)
-    put("train.max_steps", args.max_steps)
-    put("train.batch_size", args.batch_size)
-    put("train.device", args.device)
-    put("train.amp", args.amp)
-    put("train.seed", args.seed)
-    put("output", args.output)
-    return o
+    return experiment_overrides(
+        tasks=args.task, dataset=args.dataset, data_root=args.data_root, workers=args.workers, on_error=args.on_error,
+        model=args.model, image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, device=args.device, amp=args.amp, seed=args.seed, output=args.output,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- commands
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config_utils import parse_overrides
-    from .engine.build import load_resume_config, run_training
+    from .engine.builders import load_resume_config
     from .engine.config import build_config, deep_merge
+    from .engine.run import run_training
 
     overrides = _train_overrides(args)
     resume = None
@@ -175,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config_utils import parse_overrides
-    from .engine.evaluate import run_evaluation
+    from .engine.commands import run_evaluation
 
     # checked before the inference, not after it (the default report folder goes next to the checkpoint);
     # create=False everywhere: a command refused later (a bad checkpoint, say) leaves no empty folder
@@ -189,12 +171,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
     from .engine.predict import run_prediction
 
     ensure_writable_dir(args.out, create=False)
     records = run_prediction(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, device=args.device,
-        score_threshold=args.score_threshold, overlays=not args.no_overlay,
+        score_threshold=args.score_threshold, overlays=not args.no_overlay, overrides=parse_overrides(args.set),
     )  # fmt: skip
     print(f"wrote predictions for {len(records)} image(s) to {args.out}")
     return 0
@@ -209,7 +192,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         dynamic_batch=args.dynamic_batch, opset=args.opset, check=not args.no_check,
     )  # fmt: skip
     out = Path(args.out).with_suffix(".onnx")
-    print(f"wrote {out}, {out.with_suffix('.json')}" + (f", {out.with_suffix('.anchors.npy')}" if "det" in desc else ""))
+    arrays = [v for task in desc["tasks"].values() for k, v in task.items() if k.endswith("_file")]
+    print(f"wrote {out}, {out.with_suffix('.json')}" + "".join(f", {out.parent / a}" for a in arrays))
     if "max_abs_diff" in desc:
         print(f"onnxruntime vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
     return 0
@@ -231,22 +215,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .compat.effdet import convert_effdet_checkpoint
+    from .models.factory import convert_effdet_file
 
     ensure_writable_dir(Path(args.dst).parent, create=False)
-    sd = convert_effdet_checkpoint(args.src, args.dst, args.model)
+    sd = convert_effdet_file(args.src, args.dst, args.model)
     print(f"wrote {args.dst} ({len(sd)} tensors) for {args.model}")
     return 0
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    from .datasets import DATASETS
     from .datasets.check import check_dataset, format_report
 
     if args.json:
         ensure_writable_dir(Path(args.json).parent, create=False)
-    tasks = args.task or ("det" if args.dataset in ("voc2007", "voc0712") else "det,seg")
+    try:
+        entry = DATASETS.get(args.dataset)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    annotations = args.annotations or entry.annotations()
     splits = args.split or ("train", "val")
-    report = check_dataset(args.dataset, args.data_root, splits=splits, tasks=tasks, workers=args.workers)
+    report = check_dataset(args.dataset, args.data_root, splits=splits, annotations=annotations, workers=args.workers)
     print(format_report(report, max_problems=args.max_problems))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
@@ -298,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics.jsonl, TensorBoard events, last.pt/best.pt and model.safetensors go to the run folder.",
         epilog=EPILOG_TRAIN.format(recipes=_recipes()), formatter_class=fmt,
     )  # fmt: skip
-    t.add_argument("--task", type=_tasks, metavar="TASKS", help="det, seg or det,seg (default: the recipe's; det)")
+    t.add_argument("--task", type=_tasks, metavar="TASKS",
+                   help="det, seg, det,seg or tasks of the recipe, e.g. det,drivable,lane (default: the recipe's; det)")
     t.add_argument("--dataset", help="coco, voc2012, voc2007, voc0712, shapes, or A+B for one dataset per task "
                    "(e.g. coco+voc2012 with --task det,seg)")
     t.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: $MTEDET_DATA, then ./data)")
@@ -359,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-threshold", type=float, default=0.3, metavar="S",
                     help="keep detections scoring at least S (default 0.3)")
     pr.add_argument("--no-overlay", action="store_true", help="do not draw overlay pictures")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change inference options, e.g. --set seg.flip_test=true --set det.postprocess.nms=soft_nms")
     pr.set_defaults(func=cmd_predict)
 
     # -- export
@@ -383,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Parameters (total, backbone, neck, each head) and multiply-adds (GMACs, one image) "
                        "of a named model at its native or a given input size.")
     i.add_argument("model", metavar="MODEL", help="a variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg")
-    i.add_argument("--tasks", default="det", metavar="TASKS", help="heads to attach: det, seg or det,seg (default det)")
+    i.add_argument("--tasks", metavar="TASKS", help="heads to attach: det, seg or det,seg (default: the variant's)")
     i.add_argument("--num-classes", type=_positive_int, metavar="N", help="classes of every head (default: the variant's)")
     i.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the variant's native)")
     i.add_argument("--json", action="store_true", help="print one JSON object (params, gmacs, params_per_part, ...)")
@@ -411,8 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--dataset", required=True, help="coco, voc2012, voc2007, voc0712, shapes, ...")
     dc.add_argument("--data-root", metavar="DIR", help="folder holding the dataset (default: $MTEDET_DATA, then ./data)")
     dc.add_argument("--split", action="append", metavar="SPLIT", help="split to check (repeatable; default train and val)")
-    dc.add_argument("--task", metavar="TASKS",
-                    help="annotations to check: det, seg or det,seg (default det,seg; det for voc2007/voc0712)")
+    dc.add_argument("--annotations", "--task", dest="annotations", metavar="NAMES",
+                    help="annotations to check, e.g. det, seg or det,seg (default: every annotation the dataset "
+                    "supplies; det for voc2007/voc0712)")
     dc.add_argument("--workers", type=_non_negative_int, default=0, metavar="N", help="loader worker processes (default 0)")
     dc.add_argument("--max-problems", type=_non_negative_int, default=200, metavar="N", help="print at most N problems (default 200)")
     dc.add_argument("--json", metavar="FILE", help="also write the report as JSON")

@@ -1,7 +1,7 @@
 """``torch.load`` with ``weights_only=True`` and one clear error per way a file can be bad.
 
 Used by every loader of ``.pt``/``.pth`` files (training checkpoints in engine/checkpoint.py,
-weight files in models/backbone.py), so that an empty file, a file carrying pickled code and
+weight files in state_dict.py), so that an empty file, a file carrying pickled code and
 a damaged file each get a message that says which of these it is and what to do.
 """
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Checkpoints that survive a kill and load without arbitrary pickle (issue 5, item 4).
+"""Checkpoints that survive a kill and load without arbitrary pickle: the file formats and the
+``Checkpointer`` that gathers a training run's whole state into them and restores it.
 
 A training checkpoint (``last.pt``, ``best.pt``) is one ``torch.save`` of tensors and plain
 containers only, so ``torch.load(path, weights_only=True)`` reads it: model, EMA, optimizer,
@@ -11,19 +12,24 @@ into place with ``os.replace``, so a kill at any moment leaves the previous file
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteError
 from ..filesystem import write_error_from
 from ..torch_io import load_weights_only
+from .distributed import all_gather_object, is_main_process, unwrap, world_size
+from .step_guard import all_finite
+
+log = logging.getLogger(__name__)
 
 FORMAT = "mtedet-checkpoint"
 FORMAT_VERSION = 1
@@ -153,7 +159,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         return sd, info
     ckpt = load_checkpoint(path)
     sd = ckpt.get("ema") or ckpt["model"]
-    return sd, {k: ckpt.get(k) for k in ("config", "class_names", "state")}
+    return sd, {k: ckpt.get(k) for k in ("config", "class_names", "model_config", "state")}
 
 
 # ---- RNG state: converted to tensors/ints/lists so weights_only loading accepts it ----
@@ -199,3 +205,132 @@ def _to_tuple(x):
     if isinstance(x, list):
         return tuple(_to_tuple(v) for v in x)
     return x
+
+
+# ---------------------------------------------------------------------------- a run's state
+
+class Checkpointer:
+    """Gathers the whole training state and writes/reads it (rank 0 writes)."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        trainer,
+        scheduler=None,
+        ema=None,
+        config: Mapping[str, Any] | None = None,
+        class_names: Mapping[str, list[str]] | None = None,
+        model_config: Mapping[str, Any] | None = None,
+        extra_state: Mapping[str, Any] | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.trainer = trainer
+        self.scheduler = scheduler
+        self.ema = ema
+        self.config = dict(config or {})
+        self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
+        #: the resolved model config (every task's full options, input normalisation): what
+        #: rebuilds the network without the experiment config
+        self.model_config = dict(model_config or {})
+        #: name → object with state_dict()/load_state_dict() (hooks with state, e.g. best metric)
+        self.extra_state = dict(extra_state or {})
+        self.last_saved_step = -1
+
+    def release_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights for release/evaluation: the EMA's when EMA is on."""
+        src = self.ema.module if self.ema is not None else unwrap(self.trainer.model)
+        return src.state_dict()
+
+    def payload(self, gather: bool = True) -> dict[str, Any]:
+        t = self.trainer
+        # every rank's RNG state, so a resumed multi-process run continues every stream
+        rngs = all_gather_object(rng_state()) if gather else [rng_state()]
+        out: dict[str, Any] = {
+            "config": self.config,
+            "class_names": self.class_names,
+            "model_config": self.model_config,
+            "model": unwrap(t.model).state_dict(),
+            "optimizer": t.optimizer.state_dict(),
+            "weighting": t.weighting.state_dict(),
+            "state": t.progress_state(),
+            "sampler": {"seed": t.loader.seed, "epoch": t.epoch, "start_batch": t.iter_in_epoch, "world_size": world_size()},
+            "rng": rngs,
+            "hooks": {k: v.state_dict() for k, v in self.extra_state.items()},
+        }
+        if self.ema is not None:
+            out["ema"] = self.ema.module.state_dict()
+        if self.scheduler is not None:
+            out["scheduler"] = self.scheduler.state_dict()
+        if t.scaler is not None:
+            out["scaler"] = t.scaler.state_dict()
+        return out
+
+    def save(self, name: str = "last.pt", gather: bool = True) -> Path | None:
+        payload = self.payload(gather)
+        path = self.run_dir / name
+        if is_main_process():
+            _refuse_nonfinite(path, {"model": payload["model"], "ema": payload.get("ema", {})})
+            save_checkpoint(path, payload)
+        if name == "last.pt":
+            self.last_saved_step = self.trainer.step
+        return path
+
+    def save_release(self) -> Path | None:
+        if not is_main_process():
+            return None
+        meta = {"config": self.config, "class_names": self.class_names, "model_config": self.model_config,
+                "step": self.trainer.step}
+        path = self.run_dir / "model.safetensors"
+        state = self.release_state_dict()
+        _refuse_nonfinite(path, {"weights": state})
+        return save_safetensors(path, state, meta)
+
+    def resume(self, path: str | Path) -> dict[str, Any]:
+        """Restore everything from ``path`` (all ranks read it); returns the checkpoint."""
+        ckpt = load_checkpoint(path)
+        t = self.trainer
+        try:
+            unwrap(t.model).load_state_dict(ckpt["model"])
+            if self.ema is not None and "ema" in ckpt:
+                self.ema.module.load_state_dict(ckpt["ema"])
+            t.optimizer.load_state_dict(ckpt["optimizer"])
+            if "weighting" in ckpt:
+                t.weighting.load_state_dict(ckpt["weighting"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}); "
+                "resume with the config it was written with (config.yaml of its run folder)"
+            ) from None
+        if self.scheduler is not None and "scheduler" in ckpt:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if t.scaler is not None and "scaler" in ckpt:
+            t.scaler.load_state_dict(ckpt["scaler"])
+        t.load_progress_state(ckpt["state"])
+        for k, obj in self.extra_state.items():
+            if k in ckpt.get("hooks", {}):
+                obj.load_state_dict(ckpt["hooks"][k])
+        rngs = ckpt.get("rng") or []
+        saved_world = ckpt.get("sampler", {}).get("world_size", 1)
+        if saved_world != world_size():
+            log.warning(
+                "checkpoint was written by %d process(es), this run has %d: training continues, "
+                "but not sample-for-sample as the interrupted run would have", saved_world, world_size())
+        rank = torch.distributed.get_rank() if world_size() > 1 else 0
+        if rank < len(rngs):
+            set_rng_state(rngs[rank])
+        self.last_saved_step = t.step
+        return ckpt
+
+
+def _refuse_nonfinite(path: Path, parts: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Never write NaN/inf weights: raise, and the previous file at ``path`` stays as it was."""
+    if all_finite(v for sd in parts.values() for v in sd.values() if torch.is_tensor(v)):
+        return
+    bad = [f"{part}.{k}" for part, sd in parts.items() for k, v in sd.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not all_finite([v])]
+    if bad:
+        raise NonFiniteError(
+            f"not writing {path}: {len(bad)} weight tensor(s) hold NaN/inf ({', '.join(bad[:3])}"
+            f"{' …' if len(bad) > 3 else ''}); the previous {path.name}, if any, is kept"
+        )

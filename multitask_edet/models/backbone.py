@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..torch_io import load_weights_only
+from ..state_dict import key_report, read_state_dict
 from .layers import resample, use_adaptive_silu
 
 
@@ -95,51 +95,6 @@ class Backbone(nn.Module):
         return feats
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (``weights_only=True``: no code runs).
-
-    Training checkpoints that wrap the weights (``{"state_dict": …}``, ``{"model": …}``) are
-    unwrapped, and a DistributedDataParallel ``module.`` prefix is removed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            sd = load_file(str(path))
-        except Exception as e:  # noqa: BLE001 — an empty, truncated or foreign file
-            raise CheckpointError(f"cannot read checkpoint {path}: not a readable safetensors file ({e})") from None
-    else:
-        sd = load_weights_only(path, "cpu", "checkpoint")
-    for key in ("model", "state_dict", "state_dict_ema", "model_ema"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
-def key_report(missing, unexpected, limit: int = 20) -> str:
-    """'missing: a, b …; unexpected: c' for error messages."""
-
-    def fmt(keys):
-        keys = sorted(keys)
-        more = f" … (+{len(keys) - limit} more)" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-
-    parts = []
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {fmt(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {fmt(unexpected)}")
-    return "; ".join(parts)
-
-
 def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     """Load a timm checkpoint of the full classifier into the feature extractor ``body``.
 
@@ -159,3 +114,20 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
             f"{key_report(missing, unexpected)}{shapes} — is it a checkpoint of this backbone?"
         )
     body.load_state_dict({k: sd[k] for k in own})
+
+
+def backbone_input_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per RGB channel, 0–1 scale, that the backbone's pretrained weights expect.
+
+    Read from timm's pretrained config without downloading anything: ImageNet statistics for
+    the EfficientNets, 0.5 for the TF-ported ``*_lite*`` ones. A backbone timm gives no
+    statistics for gets ImageNet's.
+    """
+    from ..datasets.base import IMAGENET_MEAN, IMAGENET_STD
+
+    if not timm.is_model(name.split(".")[0]):
+        raise ConfigError(f"backbone {name!r} is not a timm model; see timm.list_models()")
+    with torch.device("meta"):
+        cfg = timm.create_model(name, pretrained=False, features_only=True).pretrained_cfg or {}
+    mean, std = cfg.get("mean") or IMAGENET_MEAN, cfg.get("std") or IMAGENET_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -96,7 +96,7 @@ def test_annotations_pointing_at_unknown_or_duplicate_image_ids_are_reported(tmp
         build_dataset("coco", tree.root, "train", "det")
     ds = build_dataset("coco", tree.root, "train", "det", on_error="skip")
     assert ds.image_ids == [1, 2, 7] and len(ds.problems) == 4  # 2 annotations, 2 entries with id 5
-    gt = ds.det_gt()
+    gt = ds.box_gt("det")
     assert 999 not in gt.imgToAnns and all(a["id"] not in (20, 22) for a in gt.dataset["annotations"])
 
 

@@ -1,4 +1,4 @@
-"""What a trained run gives users: `mtedet eval`, `predict` and `export` (issue 5 items 6–8)."""
+"""What a trained run gives users: `mtedet eval`, `predict` and `export`."""
 from __future__ import annotations
 
 import json
@@ -47,12 +47,13 @@ def test_predict_writes_json_mask_and_overlay_in_original_coordinates(trained_ru
         with Image.open(img) as im:
             w, h = im.size
         assert (rec["width"], rec["height"]) == (w, h)
-        assert rec["detections"], "score threshold 0 keeps the detections of an untrained model"
-        for d in rec["detections"]:
+        assert rec["det"], "score threshold 0 keeps the detections of an untrained model"
+        for d in rec["det"]:
             x0, y0, x1, y1 = d["box"]
             assert -1 <= x0 <= x1 <= w + 1 and -1 <= y0 <= y1 <= h + 1
             assert d["class"] in ("circle", "square", "triangle", "star", "cross") and 0 <= d["score"] <= 1
-        with Image.open(out / rec["segmentation"]["mask"]) as m:
+        assert rec["seg"]["mask"] == f"{img.stem}_seg_mask.png" and sum(rec["seg"]["classes"].values()) == pytest.approx(1)
+        with Image.open(out / rec["seg"]["mask"]) as m:
             assert m.mode == "P" and m.size == (w, h)
             assert np.asarray(m).max() <= 5
         with Image.open(out / rec["overlay"]) as o:
@@ -74,16 +75,18 @@ def test_export_onnx_matches_pytorch(trained_run, tmp_path, capsys):
     assert desc["max_abs_diff"] <= 1e-4
     names = list(desc["outputs"])
     assert names == [f"det_cls_p{l}" for l in range(3, 8)] + [f"det_box_p{l}" for l in range(3, 8)] + ["seg_logits"]
-    anchors = np.load(out.with_suffix(".anchors.npy"))
+    assert desc["tasks"]["det"]["anchors_file"] == "model.det.anchors.npy"
+    assert desc["tasks"]["seg"]["class_names"][0] == "background" and desc["input"]["mean"] == [0.485, 0.456, 0.406]
+    anchors = np.load(out.parent / desc["tasks"]["det"]["anchors_file"])
     # every anchor pairs with one flattened row of the class/box outputs
     rows = sum(np.prod(desc["outputs"][f"det_box_p{l}"]["shape"][2:]) * 9 for l in range(3, 8))
-    assert anchors.shape == (rows, 4) == (desc["det"]["num_anchors_total"], 4)
+    assert anchors.shape == (rows, 4)
     assert desc["outputs"]["seg_logits"]["shape"] == [1, 6, 128, 128]
     # independent check with onnxruntime on a fresh input
     import onnxruntime as ort
     import torch
 
-    from multitask_edet.engine.build import load_trained
+    from multitask_edet.engine.builders import load_trained
 
     x = np.random.default_rng(1).standard_normal((1, 3, 128, 128)).astype(np.float32)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x})

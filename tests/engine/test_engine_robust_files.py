@@ -69,10 +69,10 @@ def test_disk_full_during_a_checkpoint_is_one_line_naming_the_file(shapes_root, 
 
 
 def test_eval_checks_its_output_folder_before_inference(trained_run, tmp_path, monkeypatch, capsys):
-    import multitask_edet.engine.evaluate as evaluate_module
+    import multitask_edet.engine.commands as commands_module
 
     calls = []
-    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(commands_module, "evaluate_trained", lambda *a, **k: calls.append(1))
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     code = main(["eval", "--checkpoint", str(trained_run / "best.pt"), "--device", "cpu",
@@ -140,7 +140,7 @@ class _Payload:
 def test_pickle_payload_checkpoint_is_not_loadable_safely(trained_run, tmp_path, capsys):
     from multitask_edet.engine.checkpoint import load_checkpoint
     from multitask_edet.errors import CheckpointError
-    from multitask_edet.models.backbone import read_state_dict
+    from multitask_edet.state_dict import read_state_dict
 
     marker = tmp_path / "payload-ran"
     ckpt = torch.load(trained_run / "best.pt", weights_only=True)

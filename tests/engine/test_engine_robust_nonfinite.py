@@ -49,7 +49,7 @@ def test_predict_with_nan_weights_writes_no_made_up_detections(trained_run, shap
     assert main(["predict", "--checkpoint", str(ckpt), str(image), "--out", str(out), "--device", "cpu",
                  "--score-threshold", "0"]) == 0
     rec = json.loads((out / f"{image.stem}.json").read_text())
-    assert rec["detections"] == [] and rec["segmentation"]["classes"] == {}
+    assert rec["det"] == [] and rec["seg"]["classes"] == {}
 
 
 def test_postprocessing_drops_and_counts_nonfinite_outputs():
@@ -148,7 +148,7 @@ def test_diverging_run_never_writes_nonfinite_weights(settings, kind, shapes_roo
 def test_checkpoints_are_never_written_from_nonfinite_weights(trained_run, tmp_path):
     import shutil
 
-    from multitask_edet.engine.hooks import Checkpointer
+    from multitask_edet.engine.checkpoint import Checkpointer
     from multitask_edet.errors import NonFiniteError
 
     run = tmp_path / "run"

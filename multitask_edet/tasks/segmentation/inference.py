@@ -20,7 +20,6 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
 #: label of a pixel without a finite prediction, by mask dtype (outside every class id)
@@ -99,24 +98,9 @@ def mask_to_original(mask: torch.Tensor, meta: dict[str, Any] | None) -> torch.T
     """A mask at input size → original size by nearest neighbour through the same mapping.
 
     Exact when the image was only padded (scale 1); otherwise an approximation of the original
-    mask, used only when a sample carries no ``meta["orig_mask"]``.
+    mask, used only when a sample carries no original-size mask in ``meta["orig_masks"]``.
     """
     (h0, w0), scale, (top, left) = _geometry(meta, tuple(mask.shape[-2:]))
     rows = (_source(h0, scale, top) + 0.5).floor().long().clamp(0, mask.shape[-2] - 1)
     cols = (_source(w0, scale, left) + 0.5).floor().long().clamp(0, mask.shape[-1] - 1)
     return mask[rows.to(mask.device)][:, cols.to(mask.device)]
-
-
-@torch.no_grad()
-def predict_scores(model: nn.Module, images: torch.Tensor, key: str = "seg", flip: bool = False) -> torch.Tensor:
-    """Class scores (B, C, H, W) at input size from normalised ``images``.
-
-    ``flip`` adds horizontal-flip test-time augmentation: the softmax probabilities of the
-    image and of its mirror (mirrored back) are averaged, so the result is probabilities.
-    """
-    if not flip:
-        return model(images)[key]
-    # One forward over image + mirror: twice the batch keeps the device busier than two calls.
-    logits = model(torch.cat([images, images.flip(-1)]))[key].float()
-    direct, mirrored = logits.chunk(2)
-    return (direct.softmax(1) + mirrored.flip(-1).softmax(1)) / 2
