@@ -79,7 +79,11 @@ def read_image(path: str | Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise DatasetError(f"image {path} does not exist") from None
+    except PermissionError:
+        raise DatasetError(f"image {path} cannot be read: permission denied; fix its permissions") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DatasetError(f"image {path} is empty (0 bytes): its copy or download never finished") from None
         raise DatasetError(f"image {path} is corrupt or truncated ({e}); re-download or remove it") from None
 
 
@@ -129,7 +133,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
             w, h = im.size
     except FileNotFoundError:
         raise DatasetError(f"image {path} does not exist") from None
+    except PermissionError:
+        raise DatasetError(f"image {path} cannot be read: permission denied; fix its permissions") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DatasetError(f"image {path} is empty (0 bytes): its copy or download never finished") from None
         raise DatasetError(f"image {path} is not a readable image ({e})") from None
     return h, w
 

@@ -38,9 +38,14 @@ def _geometry(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple
 def _valid_span(n: int, scale: float, pad: float, size: int) -> tuple[int, int]:
     # Input pixels whose centre u + 0.5 lies on the scaled image [pad, pad + n·scale): the
     # same rule the transforms use to decide which pixels are image and which are padding.
-    lo = math.ceil(pad - 0.5)
-    hi = math.ceil(n * scale + pad - 0.5)
-    return min(max(lo, 0), size), min(max(hi, 0), size)
+    lo = min(max(math.ceil(pad - 0.5), 0), size)
+    hi = min(max(math.ceil(n * scale + pad - 0.5), 0), size)
+    if hi <= lo:
+        # a side so thin once scaled (3 of 1000 pixels fit to 128: 0.38 px) that it covers no
+        # pixel centre: the one input pixel its middle lies in holds its prediction
+        lo = min(max(math.floor(pad + n * scale / 2), 0), size - 1)
+        hi = lo + 1
+    return lo, hi
 
 
 def valid_region(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[int, int, int, int]:
