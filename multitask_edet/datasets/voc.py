@@ -211,9 +211,18 @@ class VocDataset(AnnotatedDataset):
         for i, item in enumerate(self.items):
             if item.xml is None:
                 continue  # no detection annotation: not part of the detection GT
-            size = self._parse_xml(i)["size"] or image_size(item.image)
+            try:
+                size = self._parse_xml(i)["size"] or image_size(item.image)
+                objects = self._objects(i, size)
+            except DatasetError as e:
+                if self.on_error == "raise":
+                    raise
+                # under "skip" the image is left out of the ground truth and of the samples alike
+                # (dataset.py: a recorded index is never loaded), so it is neither a miss nor scored
+                self.record_skipped(i, str(e))
+                continue
             images.append({"id": self.image_ids[i], "file_name": str(item.image), "height": size[0], "width": size[1]})
-            for label, x0, y0, x1, y1, diff in self._objects(i, size):
+            for label, x0, y0, x1, y1, diff in objects:
                 anns.append(
                     {
                         "id": len(anns) + 1,

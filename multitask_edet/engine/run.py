@@ -29,6 +29,7 @@ from .distributed import (
 from .evaluate import evaluate
 from .hooks import CheckpointHook, EMAHook, EvalHook, LRSchedulerHook, MetricsLogger
 from .param_groups import apply_freeze, frozen_tasks
+from .reports import format_skipped
 from .schedule import build_scheduler, scaled_lr
 from .trainer import Trainer
 from .weighting import build_weighting
@@ -115,7 +116,8 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
         amp_dtype=amp_dtype, clip_grad_norm=t.clip_grad_norm, channels_last=cfg.model.channels_last,
         max_nonfinite=t.max_nonfinite, loss_tasks=loss_tasks,
     )  # fmt: skip
-    checkpointer, eval_hook = _attach_hooks(cfg, trainer, run_dir, data, scheduler, ema, amp_dtype, info)
+    eval_skipped: dict[str, dict[str, Any]] = {}
+    checkpointer, eval_hook = _attach_hooks(cfg, trainer, run_dir, data, scheduler, ema, amp_dtype, info, eval_skipped)
     if resume is not None:
         _resume(checkpointer, scheduler, resume)
     if is_main_process():
@@ -123,14 +125,17 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
               f"{steps_per_epoch} steps/epoch, {max_steps} steps, lr {lr:.4g} at global batch "
               f"{t.batch_size * info.world_size}, device {device}, run folder {run_dir}", flush=True)
     trainer.train()
-    skipped = _report_skipped(trainer, run_dir)
+    skipped = _report_skipped(trainer, run_dir, data, list(eval_skipped.values()))
     best = eval_hook.best if eval_hook.best_step >= 0 else None
     return TrainResult(run_dir, trainer.step, trainer.epoch, trainer.stop_reason, eval_hook.last_results, best, skipped)
 
 
 def _attach_hooks(cfg: ExperimentConfig, trainer: Trainer, run_dir: Path, data: Data, scheduler, ema, amp_dtype,
-                  info: DistInfo) -> tuple[Checkpointer, EvalHook]:
-    """EMA → LR schedule → evaluation (+ best.pt) → last.pt → logging, in that order."""
+                  info: DistInfo, eval_skipped: dict[str, dict[str, Any]]) -> tuple[Checkpointer, EvalHook]:
+    """EMA → LR schedule → evaluation (+ best.pt) → last.pt → logging, in that order.
+
+    ``eval_skipped`` collects what the evaluations left out under ``data.on_error=skip`` (by file).
+    """
     t = cfg.train
     checkpointer = Checkpointer(run_dir, trainer=trainer, scheduler=scheduler, ema=ema, config=cfg.to_dict(),
                                 class_names=data.class_names, model_config=to_dict(unwrap(trainer.model).config))
@@ -140,9 +145,13 @@ def _attach_hooks(cfg: ExperimentConfig, trainer: Trainer, run_dir: Path, data: 
     def eval_fn():
         net = ema.module if (ema is not None and cfg.eval.use_ema) else unwrap(trainer.model)
         broadcast_module_state(net)  # every shard scored with rank 0's weights and BN statistics
-        return evaluate(net, trainer.tasks, data.eval_sets, device=trainer.device,
-                        batch_size=cfg.eval.batch_size or t.batch_size, workers=cfg.data.workers, amp_dtype=amp_dtype,
-                        max_images=cfg.eval.max_images)
+        skipped: list[dict[str, Any]] = []
+        out = evaluate(net, trainer.tasks, data.eval_sets, device=trainer.device,
+                       batch_size=cfg.eval.batch_size or t.batch_size, workers=cfg.data.workers, amp_dtype=amp_dtype,
+                       max_images=cfg.eval.max_images, skipped=skipped)
+        for entry in skipped:
+            eval_skipped.setdefault(str(entry["file"]) + "\0" + entry["reason"], {**entry, "split": cfg.data.val_split})
+        return out
 
     eval_hook = EvalHook(eval_fn, cfg.tasks[0], checkpointer, logger, cfg.eval.every_epochs, cfg.eval.every_steps,
                          report_dir=run_dir / "eval")
@@ -176,17 +185,21 @@ def _train_loader(cfg: ExperimentConfig, data: Data, info: DistInfo, device: tor
                            batch_sampler=batch_sampler, pin_memory=device.type == "cuda")
 
 
-def _report_skipped(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
-    """Samples skipped under on_error=skip, from every rank: printed and written to skipped.json."""
+def _report_skipped(trainer: Trainer, run_dir: Path, data: Data, evaluation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What on_error=skip left out, printed and written to skipped.json: training samples (from
+    every rank), the annotation entries a dataset dropped when it read the training split, and
+    what the evaluations left out (``evaluation``, marked with their split)."""
     merged: dict[str, dict[str, Any]] = {}
     for part in all_gather_object(trainer.skipped_samples):
         merged.update(part)
     skipped = [merged[k] for k in sorted(merged)]
+    train_sets = data.train.sources if isinstance(data.train, MixedDataset) else [data.train]
+    for ds in dict.fromkeys(train_sets):
+        skipped += [{"file": p["file"], "reason": p["reason"]} for p in getattr(ds, "problems", [])]
+    skipped += evaluation
     if skipped and is_main_process():
         atomic_write(run_dir / "skipped.json", lambda tmp: Path(tmp).write_text(json.dumps(skipped, indent=2)))
-        print(f"{len(skipped)} sample(s) skipped because they failed to load (data.on_error=skip):", flush=True)
-        for s in skipped:
-            print(f"  {s.get('file')}: {s.get('reason')}", flush=True)
+        print(format_skipped(skipped), flush=True)
     return skipped
 
 
