@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
-from .errors import ConfigError, MtedetError, NonFiniteError
+from .errors import ConfigError, MtedetError, NonFiniteError, RunFolderBusyError
 from .filesystem import describe_os_error, ensure_writable_dir
 
 #: exit codes of every command (printed by ``mtedet --help``); schedulers and scripts rely on them
 EXIT_DONE = 0
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
+EXIT_BUSY = 73  # sysexits.h EX_CANTCREAT: the output cannot be created (another process holds it)
 EXIT_IO_ERROR = 74  # sysexits.h EX_IOERR
 EXIT_STOPPED = 75  # sysexits.h EX_TEMPFAIL: try again (here: --resume) and it continues
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
@@ -32,6 +33,7 @@ EXIT_CODES = {
     EXIT_FAILED: "ran but has no valid result: `data check` found problems, training stopped on non-finite "
                  "values, or the model's outputs were all non-finite",
     EXIT_USER_ERROR: "user error: a bad argument, config, path, dataset file or checkpoint (the message says which)",
+    EXIT_BUSY: "the run folder is in use by another training (the message names its PID and host); nothing was written",
     EXIT_IO_ERROR: "a file could not be written or read: disk full, read-only folder, permission (path and cause printed)",
     EXIT_STOPPED: "stopped by SIGTERM/SIGINT after writing last.pt: resumable, continue with `mtedet train --resume`",
     EXIT_INTERRUPTED: "interrupted at once (a second Ctrl-C): the state of the current step is not saved",
@@ -145,7 +147,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine.distributed import is_main_process
 
     if result.stop_reason == "signal":
-        if is_main_process():
+        if is_main_process() and not (result.run_dir / "last.pt").exists():
+            print(f"stopped before the first step completed: nothing was kept in {result.run_dir}; run the same "
+                  f"command again (exit code {EXIT_STOPPED})")
+        elif is_main_process():
             print(f"stopped at step {result.step}: last.pt is written; continue with "
                   f"`mtedet train --output {result.run_dir} --resume` (exit code {EXIT_STOPPED})")
         return EXIT_STOPPED
@@ -454,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, NonFiniteError):
             print(f"mtedet {args.command}: stopped: {e}", file=sys.stderr)
             return EXIT_FAILED
+        if isinstance(e, RunFolderBusyError):
+            print(f"mtedet {args.command}: error: {e}", file=sys.stderr)
+            return EXIT_BUSY
         print(f"mtedet {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as e:

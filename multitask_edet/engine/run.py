@@ -2,8 +2,14 @@
 
 It builds the parts (engine/builders.py), wires the hooks (EMA → LR schedule → evaluation and
 best.pt → last.pt → logging, engine/hooks.py) around the trainer (engine/trainer.py) and
-runs it, single-process or under torchrun. The run folder is written only once the data and
-the model are known to work.
+runs it, single-process or under torchrun.
+
+The run folder (engine/run_folder.py) is owned by this run from the start: a second training
+on the same folder is refused at once, naming the process that holds it. Nothing is written
+into it until the run is decided — data and model built, a ``--resume`` checkpoint loaded into
+them — so a refused command changes nothing there; the decision (``commit``) writes
+config.yaml and removes the temporary files a killed save left. A run that then ends before
+its first step completed removes what it wrote, so the same command can simply run again.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import torch
 from ..config_utils import to_dict
 from ..datasets.base import collate
 from ..datasets.mixed import MixedBatchSampler, MixedDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, RunFolderBusyError
 from .builders import Data, amp_dtype_for, build_data, build_model, build_optimizer, build_tasks, seed_everything
 from .checkpoint import Checkpointer, atomic_write
 from .config import ExperimentConfig
@@ -30,6 +36,7 @@ from .evaluate import evaluate
 from .hooks import CheckpointHook, EMAHook, EvalHook, LRSchedulerHook, MetricsLogger
 from .param_groups import apply_freeze, frozen_tasks
 from .reports import format_skipped
+from .run_folder import RunFolder
 from .schedule import build_scheduler, scaled_lr
 from .trainer import Trainer
 from .weighting import build_weighting
@@ -50,13 +57,35 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Path:
     return run_dir
 
 
-def prepare_run_dir(cfg: ExperimentConfig, resume: bool) -> Path:
-    """Create the run folder and write the resolved config (rank 0)."""
-    run_dir = check_run_dir(cfg, resume)
+def own_run_dir(cfg: ExperimentConfig) -> RunFolder | None:
+    """Rank 0 takes the run folder (``RunFolder.acquire``); the other ranks get None.
+
+    Every rank learns whether rank 0 got it, so all of them stop with its error together
+    instead of waiting for rank 0 at the first collective call.
+    """
+    folder, failure = None, None
     if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
-    return run_dir
+        try:
+            folder = RunFolder(cfg.run_dir()).acquire()
+        except Exception as e:  # noqa: BLE001 — re-raised below, after the other ranks heard of it
+            failure = e
+    outcome = all_gather_object(None if failure is None else str(failure))[0]
+    if failure is not None:
+        raise failure
+    if outcome is not None:
+        raise RunFolderBusyError(f"rank 0 could not take the run folder: {outcome}")
+    return folder
+
+
+def commit_run_dir(cfg: ExperimentConfig, folder: RunFolder | None) -> Path:
+    """The run is decided: write the resolved config and remove stale temp files (rank 0)."""
+    if folder is not None:
+        removed = folder.commit()
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) that an interrupted save left in {folder.path}: "
+                  + ", ".join(p.name for p in removed), flush=True)
+        folder.write_text("config.yaml", cfg.to_yaml())
+    return cfg.run_dir()
 
 
 # ---------------------------------------------------------------------------- training
@@ -77,12 +106,21 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
     info = dist_info or env_dist_info()
     device = resolve_device(cfg.train.device, info)
     info = init_distributed(device, info)
-    check_run_dir(cfg, resume is not None)
+    folder = own_run_dir(cfg)
+    try:
+        return _run(cfg, resume, info, device, folder)
+    finally:
+        if folder is not None:
+            folder.release()  # before commit(): also removes the lock file and a folder acquire() made
+
+
+def _run(cfg: ExperimentConfig, resume: str | Path | None, info: DistInfo, device: torch.device,
+         folder: RunFolder | None) -> TrainResult:
+    run_dir = check_run_dir(cfg, resume is not None)
     seed_everything(cfg.train.seed)
 
     data = build_data(cfg)
     model = build_model(cfg, data.class_names).to(device)
-    run_dir = prepare_run_dir(cfg, resume is not None)  # after the data and model are known to work
     tasks = build_tasks(model, data.class_names)
     model = convert_sync_bn(model, device) if cfg.train.sync_bn else model
     apply_freeze(model, cfg.train.freeze)
@@ -119,12 +157,20 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
     eval_skipped: dict[str, dict[str, Any]] = {}
     checkpointer, eval_hook = _attach_hooks(cfg, trainer, run_dir, data, scheduler, ema, amp_dtype, info, eval_skipped)
     if resume is not None:
-        _resume(checkpointer, scheduler, resume)
+        _resume(checkpointer, scheduler, resume)  # a checkpoint that does not fit is refused here: nothing written yet
+    commit_run_dir(cfg, folder)
     if is_main_process():
         print(f"training {'+'.join(cfg.tasks)} on {cfg.data.dataset}: {len(data.train)} images, "
               f"{steps_per_epoch} steps/epoch, {max_steps} steps, lr {lr:.4g} at global batch "
               f"{t.batch_size * info.world_size}, device {device}, run folder {run_dir}", flush=True)
-    trainer.train()
+    start = trainer.step
+    try:
+        trainer.train()
+    finally:
+        if folder is not None and trainer.step == start:
+            # not one step completed: what this run wrote (config.yaml, an empty metrics.jsonl ...)
+            # would only stand in the way of running the same command again
+            folder.abandon()
     skipped = _report_skipped(trainer, run_dir, data, list(eval_skipped.values()))
     best = eval_hook.best if eval_hook.best_step >= 0 else None
     return TrainResult(run_dir, trainer.step, trainer.epoch, trainer.stop_reason, eval_hook.last_results, best, skipped)
@@ -203,4 +249,4 @@ def _report_skipped(trainer: Trainer, run_dir: Path, data: Data, evaluation: lis
     return skipped
 
 
-__all__ = ["TrainResult", "check_run_dir", "prepare_run_dir", "run_training"]
+__all__ = ["TrainResult", "check_run_dir", "commit_run_dir", "own_run_dir", "run_training"]

@@ -14,9 +14,10 @@ Three rules keep a run folder from losing or mixing work:
    ``commit()`` also deletes the temporary files a killed atomic save left behind
    (checkpoint.remove_stale_temp_files), which is safe then because this process owns the folder.
 3. **A run that did not start leaves nothing behind.** ``abandon()`` (a run that failed before
-   its first completed step) deletes the files this run created since ``commit()`` — a
-   ``last.pt`` of an untrained model would only make re-running the same command refuse —
-   and keeps every file that was there before (a resumed run's checkpoint stays).
+   its first completed step) deletes the files and folders this run created since ``commit()``
+   — a ``last.pt`` of an untrained model would only make re-running the same command refuse —
+   and keeps every entry that was there before (a resumed run's checkpoint stays); the
+   following ``release()`` also removes the run folder itself if ``acquire()`` created it.
 
 Use it as a context manager (``with RunFolder(path) as run: ...; run.commit()``): leaving the
 block releases the lock, and leaving it by an exception before ``commit()`` rolls back.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -45,6 +47,7 @@ class RunFolder:
         self._fd: int | None = None
         self._created: list[Path] = []  # folders acquire() made, innermost first
         self._committed = False
+        self._abandoned = False
         self._before_commit: set[str] = set()
 
     # ------------------------------------------------------------------ ownership
@@ -108,17 +111,22 @@ class RunFolder:
             pass
         os.close(self._fd)
         self._fd = None
-        if not self._committed:
+        if not self._committed or self._abandoned:
             self._remove_created()
 
     def abandon(self) -> list[Path]:
         """The run failed before its first completed step: delete what it created; keep the rest."""
         self._require_committed("abandon")
+        self._abandoned = True
         removed = []
         for p in sorted(self.path.iterdir()):
-            if p.name not in self._before_commit and p.name != LOCK_NAME and p.is_file():
+            if p.name in self._before_commit or p.name == LOCK_NAME:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
                 p.unlink()
-                removed.append(p)
+            removed.append(p)
         return removed
 
     # ------------------------------------------------------------------ writing
