@@ -80,3 +80,14 @@ def test_exit_codes_are_documented_in_the_top_help(capsys):
     for code, meaning in EXIT_CODES.items():
         assert f"  {code:<4} {meaning}" in text
     assert EXIT_STOPPED not in (0, 1, 2) and "resum" in EXIT_CODES[EXIT_STOPPED]
+
+
+def test_readme_lists_the_same_exit_codes_as_the_cli():
+    from pathlib import Path
+
+    from multitask_edet.cli import EXIT_CODES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {int(cells[1]): cells[2] for line in readme.splitlines()
+            if (cells := [c.strip() for c in line.split("|")]) and len(cells) == 4 and cells[1].isdigit()}
+    assert rows == EXIT_CODES
