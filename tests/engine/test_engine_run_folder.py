@@ -202,6 +202,21 @@ def test_item6_a_failure_before_the_first_step_leaves_nothing_that_blocks_a_reru
     assert (out / "last.pt").is_file() and (out / "model.safetensors").is_file()
 
 
+def test_a_run_killed_before_its_first_checkpoint_is_simply_run_again(shapes_root, tmp_path, tiny_args):
+    out = tmp_path / "run"
+    # the first last.pt comes at the end of epoch 1 (4 steps): a kill at config.yaml lands before it
+    argv = tiny_args(shapes_root, out, "det", "--max-steps", "6", "--set", "eval.every_epochs=0")
+    proc = subprocess.Popen([sys.executable, "-m", "multitask_edet", *argv], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "config.yaml").exists(), proc, timeout=240.0)
+    proc.send_signal(signal.SIGKILL)  # no clean-up code runs: the .lock file and config.yaml stay behind
+    proc.wait()
+    assert (out / LOCK_NAME).exists() and not (out / "last.pt").exists()
+    assert main(argv) == 0  # the dead process's lock died with it
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert steps == list(range(1, 7)) and not (out / LOCK_NAME).exists()
+
+
 def test_item7_stale_temp_files_from_a_killed_save_are_removed_at_the_next_start(shapes_root, tmp_path, tiny_args,
                                                                                capsys):
     out = tmp_path / "run"
