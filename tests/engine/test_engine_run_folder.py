@@ -143,6 +143,8 @@ def test_item4_a_second_training_on_the_same_output_is_refused_and_writes_nothin
         _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, proc)  # it is training
         config = _stat(out / "config.yaml")
         for second in (tiny_args(shapes_root, out, "det", "--max-steps", "1"), [*first, "--resume"]):
+            if "--resume" in second:  # a resume of the running training, once it has a last.pt
+                _wait_for(lambda: (out / "last.pt").exists(), proc)
             assert main(second) == 73  # cli.EXIT_BUSY
             err = capsys.readouterr().err.strip()
             assert err.count("\n") == 0 and f"PID {proc.pid} on host {socket.gethostname()}" in err
