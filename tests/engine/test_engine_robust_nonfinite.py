@@ -189,3 +189,50 @@ def test_failure_in_the_first_step_leaves_nothing_that_blocks_a_rerun(shapes_roo
     assert not (out / "last.pt").exists() and not (out / "model.safetensors").exists()
     monkeypatch.undo()
     assert main(argv) == 0  # the same command again: not refused as "already holds a training"
+
+
+class _NanGradient(torch.autograd.Function):
+    """The identity forward; NaN gradients backward: a finite loss whose step is not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def _nan_gradients(monkeypatch):
+    from multitask_edet.tasks.detection.task import DetectionTask
+
+    real = DetectionTask.loss
+    monkeypatch.setattr(DetectionTask, "loss",
+                        lambda self, *a, **k: {n: _NanGradient.apply(v) for n, v in real(self, *a, **k).items()})
+
+
+def _inf_batchnorm_statistics(monkeypatch):
+    real = torch.nn.BatchNorm2d.forward
+
+    def forward(self, x):
+        out = real(self, x)  # normalised with the batch's own statistics: the loss stays finite
+        if self.training:
+            self.running_var.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.nn.BatchNorm2d, "forward", forward)
+
+
+@pytest.mark.parametrize("inject, kind", [(_nan_gradients, "gradients"),
+                                          (_inf_batchnorm_statistics, "BatchNorm statistics")])
+def test_a_finite_loss_with_nonfinite_gradients_or_statistics_is_undone(inject, kind, shapes_root, tmp_path, tiny_args,
+                                                                        monkeypatch, capsys):
+    out = tmp_path / "run"
+    inject(monkeypatch)
+    code = main(tiny_args(shapes_root, out, "det", "--max-steps", "8", "--set", "train.max_nonfinite=3",
+                          "--set", "train.ema=false", "--set", "eval.every_epochs=0"))
+    err = capsys.readouterr().err
+    assert code == 1 and f"non-finite {kind} in 3 steps in a row" in err and "holds the initial weights" in err, err
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert _finite(last["model"].values())  # parameters and BatchNorm buffers: those of before the undone steps
+    assert last["state"]["nonfinite_total"] == 3 and last["state"]["last_finite_step"] == 0
