@@ -23,7 +23,8 @@ def _one_line(err: str) -> str:
 
 # ---------------------------------------------------------------------------- stops and disks
 
-def test_sigterm_stop_exits_with_the_resumable_code(shapes_root, tmp_path, tiny_args, monkeypatch, capsys):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # a scheduler's preemption; one Ctrl-C
+def test_sigterm_stop_exits_with_the_resumable_code(signum, shapes_root, tmp_path, tiny_args, monkeypatch, capsys):
     from multitask_edet.engine.trainer import Trainer
 
     real = Trainer.run_step
@@ -31,7 +32,7 @@ def test_sigterm_stop_exits_with_the_resumable_code(shapes_root, tmp_path, tiny_
     def step_then_sigterm(self, batch):
         real(self, batch)
         if self.step == 0:
-            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler's preemption sends
+            os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(Trainer, "run_step", step_then_sigterm)
     out = tmp_path / "stopped"
