@@ -15,3 +15,14 @@ class DatasetError(MtedetError, ValueError):
 
 class CheckpointError(MtedetError, ValueError):
     """A checkpoint with missing/unexpected keys or of the wrong model."""
+
+
+class NonFiniteError(MtedetError, ArithmeticError):
+    """NaN or inf where a number was needed: a loss, gradients, weights, or a model's outputs.
+
+    Never turned into a score or a checkpoint; the message says where the values were found.
+    """
+
+
+class RunFolderBusyError(MtedetError, RuntimeError):
+    """Another process holds the run folder (its lock file names the process)."""

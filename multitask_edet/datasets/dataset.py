@@ -207,6 +207,14 @@ class AnnotatedDataset(torch.utils.data.Dataset):
             )
         return coco_from_dict(self._box_gt_dict(annotation))
 
+    def record_skipped(self, index: int, reason: str) -> dict[str, Any]:
+        """Note that sample ``index`` is bad (``on_error="skip"``): it is never loaded, and is listed in ``skipped``."""
+        entry = {"index": index, "file": self.file_name(index), "reason": reason}
+        if index not in self._skipped:
+            log.warning("skipping %s: %s", entry["file"], reason)
+        self._skipped[index] = entry
+        return entry
+
     # ----------------------------------------------------------------- internals
     def _load_or_replace(self, index: int) -> dict[str, Any]:
         n = len(self)
@@ -221,10 +229,7 @@ class AnnotatedDataset(torch.utils.data.Dataset):
             try:
                 sample = self._load(j)
             except DatasetError as e:
-                entry = {"index": j, "file": self.file_name(j), "reason": str(e)}
-                self._skipped[j] = entry
-                log.warning("skipping %s: %s", entry["file"], entry["reason"])
-                replaced.append(entry)
+                replaced.append(self.record_skipped(j, str(e)))
                 continue
             if replaced:
                 sample["skipped"] = replaced

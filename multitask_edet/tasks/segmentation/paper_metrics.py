@@ -52,7 +52,9 @@ def confusion_matrix(
 ) -> torch.Tensor:
     """(C, C) int64 pixel counts (rows = ground truth) over pairs of same-shape class-index maps.
 
-    Void pixels (``ignore_index``) and any ground-truth label outside 0..C-1 are left out.
+    Void pixels (``ignore_index``) and any ground-truth label outside 0..C-1 are left out, and so
+    are pixels without a class (a non-finite score, inference.NO_CLASS): the standard mIoU counts
+    those as misses and reports them (evaluator.py); the papers' protocols have no such case.
     """
     c = num_classes
     device = preds[0].device
@@ -62,7 +64,7 @@ def confusion_matrix(
             raise ValueError(f"prediction of shape {tuple(pred.shape)} scored against ground truth {tuple(gt.shape)}")
         gt = gt.to(device=device, dtype=torch.long, non_blocking=True).reshape(-1)
         pred = pred.to(torch.long).reshape(-1)
-        valid = (gt != ignore_index) & (gt >= 0) & (gt < c)
+        valid = (gt != ignore_index) & (gt >= 0) & (gt < c) & (pred >= 0) & (pred < c)
         codes.append(gt[valid] * c + pred[valid])
     return torch.bincount(torch.cat(codes), minlength=c * c).reshape(c, c)
 
