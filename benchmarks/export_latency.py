@@ -3,8 +3,11 @@ PyTorch with ``fuse_for_inference`` (BN folded into the convs, models/fuse.py), 
 
     .venv/bin/python benchmarks/export_latency.py                       # D0 at 512 (det) + the tiny det+seg model
     .venv/bin/python benchmarks/export_latency.py --reps 31 --threads 1 --markdown out.md
+    .venv/bin/python benchmarks/export_latency.py --models tiny --orig-size 720x1280   # masks at a photo's size
 
-Per model, batch 1, one letterboxed uint8 image already in memory (no decoding, no resizing):
+Per model, batch 1, one letterboxed uint8 image already in memory (no decoding, no resizing); it
+stands for an original of the input size unless ``--orig-size`` gives another (then masks are
+resampled to that size on both paths and boxes scaled to it):
 
 - **end-to-end**: uint8 image → detections (and masks). PyTorch = engine/inference.py
   ``predict_batch``, what ``mtedet predict`` and evaluation run (normalise, forward, each task's
@@ -55,8 +58,10 @@ def session(path: Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def functions(name: str, tmp: Path, threads: int, batch: int) -> dict[str, dict[str, Callable[[], object]]]:
-    """{"end-to-end": {impl: fn}, "network": {impl: fn}} for one model, exported into ``tmp``."""
+def functions(name: str, tmp: Path, threads: int, batch: int,
+              orig_size: tuple[int, int] | None = None) -> dict[str, dict[str, Callable[[], object]]]:
+    """{"end-to-end": {impl: fn}, "network": {impl: fn}} for one model, exported into ``tmp``;
+    ``orig_size``: the (height, width) the letterboxed image stands for (default: the input's)."""
     variant, tasks = MODELS[name]
     mt.create_model(variant, tasks=tasks).save_pretrained(tmp / name)
     export_onnx(tmp / name, tmp / f"{name}-e2e.onnx", end_to_end=True)
@@ -65,11 +70,12 @@ def functions(name: str, tmp: Path, threads: int, batch: int) -> dict[str, dict[
     eager, fused = trained.model.eval(), fuse_for_inference(trained.model)
     h, w = trained.image_size
     images = torch.randint(0, 256, (batch, 3, h, w), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    meta = [{"scale": 1.0, "pad": (0, 0), "orig_size": (h, w)} for _ in range(batch)]
+    h0, w0 = orig_size or (h, w)
+    meta = [{"scale": min(h / h0, w / w0), "pad": (0, 0), "orig_size": (h0, w0)} for _ in range(batch)]
     data = {"images": images, "meta": meta}
     x = model_images(eager, images, torch.device("cpu"))
     e2e, raw = session(tmp / f"{name}-e2e.onnx", threads), session(tmp / f"{name}-raw.onnx", threads)
-    feeds = {"images": images.numpy(), "orig_sizes": np.array([[h, w]] * batch, dtype=np.int64)}
+    feeds = {"images": images.numpy(), "orig_sizes": np.array([[h0, w0]] * batch, dtype=np.int64)}
     cpu = torch.device("cpu")
 
     def net(m):
@@ -112,18 +118,21 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--orig-size", type=lambda v: tuple(int(x) for x in v.split("x")), metavar="HxW",
+                   help="original size the input image stands for (default: the input size)")
     p.add_argument("--markdown", metavar="FILE", help="also write the tables to FILE")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            fns = functions(name, Path(tmp), args.threads, args.batch)
+            fns = functions(name, Path(tmp), args.threads, args.batch, args.orig_size)
             variant, tasks = MODELS[name]
+            orig = f", original {args.orig_size[0]}x{args.orig_size[1]}" if args.orig_size else ""
             for what, group in fns.items():
                 times = interleaved(group, args.reps, args.warmup)
-                out.append(table(f"{variant} ({'+'.join(tasks)}) {what}, batch {args.batch}, {args.threads} thread(s)",
-                                 times))
+                out.append(table(f"{variant} ({'+'.join(tasks)}) {what}{orig if what == 'end-to-end' else ''}, "
+                                 f"batch {args.batch}, {args.threads} thread(s)", times))
                 print(out[-1] + "\n", flush=True)
     import onnxruntime
 

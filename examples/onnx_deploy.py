@@ -21,10 +21,9 @@ feeds = {"images": x, "orig_sizes": np.array([[image.height, image.width]])}
 got = {o.name: v[0] for o, v in zip(sess.get_outputs(), sess.run(None, feeds))}
 one = lambda key: next((v for k, v in got.items() if k == key or k.endswith("_" + key)), None)  # noqa: E731
 tasks = json.load(open(model.removesuffix(".onnx") + ".json"))["tasks"].values()
-if one("mask") is not None:                                        # class indices at input size, 255 = padding
-    mask = Image.fromarray(one("mask")[: small.height, : small.width]).resize(image.size, Image.NEAREST)
+if one("mask_original") is not None:                               # class indices at the photo's own size
     colours = np.random.default_rng(0).integers(0, 256, (256, 3), dtype=np.uint8)
-    image = Image.blend(image, Image.fromarray(colours[np.asarray(mask)]), 0.4)
+    image = Image.blend(image, Image.fromarray(colours[one("mask_original")]), 0.4)
 if one("num_detections") is not None:                              # boxes in the photo's own pixels, best first
     names, n, draw = next(t["class_names"] for t in tasks if t["type"] == "det"), one("num_detections"), ImageDraw.Draw(image)
     for box, score, label in zip(one("boxes")[:n], one("scores")[:n], one("labels")[:n]):

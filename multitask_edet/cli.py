@@ -419,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
         "normalisation, output meaning, box decoding, class names). --end-to-end: one graph from letterboxed uint8 "
         "images and their original sizes to predictions, normalisation, box decoding, per-class NMS "
         "(NonMaxSuppression) and top-k inside: boxes/scores/labels/num_detections per detection task (boxes in "
-        "original pixels) and a class-index mask at the input size per segmentation task; OUT.json says how to "
-        "letterbox. The export is checked against PyTorch with onnxruntime.",
+        "original pixels) and per segmentation task class-index masks at each image's original size (as mtedet "
+        "predict gives them) and at the input size; OUT.json says how to letterbox. The export is checked against "
+        "PyTorch with onnxruntime.",
     )  # fmt: skip
     ex.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
     ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx",

@@ -99,6 +99,7 @@ def test_onnx_deploy_example_draws_an_end_to_end_export_on_a_jpeg(tmp_path, cach
     Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=95)
     printed = run_example("examples/onnx_deploy.py", tmp_path, cache, "model.onnx", "photo.jpg", "out.png")
     assert "det_boxes (100, 4)" in printed and "seg_mask (128, 128)" in printed
+    assert "seg_mask_original (90, 160)" in printed  # the mask drawn is at the photo's own size
     with Image.open(tmp_path / "photo.jpg") as src, Image.open(tmp_path / "out.png") as drawn:
         assert drawn.size == src.size == (160, 90)
         changed = np.abs(np.asarray(drawn, dtype=int) - np.asarray(src, dtype=int)).sum(-1) > 0

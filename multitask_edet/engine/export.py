@@ -22,11 +22,15 @@ pixels are inside the graph; each task's outputs come from ``Task.export_postpro
 - a detection task: ``boxes`` (B, D, 4) xyxy in original pixels, ``scores`` (B, D), ``labels``
   (B, D) int64 and ``num_detections`` (B,): the first ``num_detections`` rows of an image are
   its detections, best first; the rest is padding (label -1). D = ``max_detections``.
-- a segmentation task: ``mask`` (B, H, W) uint8 class indices at the input size, 255 on the
-  padding: crop to (round(h0·scale), round(w0·scale)) and resize (nearest) to (h0, w0).
+- a segmentation task: ``mask_original`` (B, Hmax, Wmax) uint8 class indices at every image's
+  original size, what ``mtedet predict`` gives (scores resampled to the original pixels, then
+  argmax: tasks/segmentation/inference.py ``original_masks``); image i's mask is the top-left
+  (h0, w0), 255 beyond; Hmax, Wmax = the batch's largest original height and width. And
+  ``mask`` (B, H, W) at the input size, 255 on the padding.
 
 Output names are prefixed with ``<task>_`` when the model has several tasks. The batch is
-dynamic; the size is fixed, or with ``dynamic_size`` any multiple of 2**max_level.
+dynamic; the size is fixed, or with ``dynamic_size`` any multiple of 2**max_level; other
+axes vary where a task says so (``Task.export_axes``).
 
 Both modes are checked with onnxruntime against PyTorch on the same input before the files
 are kept: the raw outputs element-wise (within ``tolerance``), the end-to-end outputs by each
@@ -49,6 +53,8 @@ from ..tasks.base import ExportGeometry, Forward, Task
 from .builders import load_for_inference
 from .inference import input_stats
 
+#: ``Task.export_axes`` names of the network input's height and width
+INPUT_AXES = ("height", "width")
 
 class FlatOutputs(nn.Module):
     """The model with a tuple of tensors as output (ONNX needs flat, named outputs)."""
@@ -98,6 +104,21 @@ class EndToEnd(nn.Module):
     def output_name(self, task: str, key: str) -> str:
         """The graph output of a task's tensor: prefixed with the task when the model has several."""
         return f"{task}_{key}" if len(self.tasks) > 1 else key
+
+    def output_axes(self, per_task: Mapping[str, Mapping[str, torch.Tensor]],
+                    dynamic_size: bool) -> dict[str, dict[int, str]]:
+        """``{graph output: {axis: name}}`` of the axes that vary: the batch, and each task's
+        ``Task.export_axes`` (the input's height and width only when the input size is dynamic)."""
+        out = {}
+        for t, outputs in per_task.items():
+            declared = self.tasks[t].export_axes()
+            for k, v in outputs.items():
+                axes = {a: n for a, n in declared.get(k, {}).items() if dynamic_size or n not in INPUT_AXES}
+                if any(not 0 < a < v.dim() for a in axes):
+                    raise ConfigError(f"task {t!r}: export_axes names axes {sorted(axes)} of output {k!r}, which has "
+                                      f"{v.dim()} (axis 0 is the batch)")
+                out[self.output_name(t, k)] = {0: "batch", **axes}
+        return out
 
     def named(self, images: torch.Tensor, orig_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         return {self.output_name(t, k): v for t, out in self.per_task(images, orig_sizes).items() for k, v in out.items()}
@@ -157,7 +178,8 @@ def export_onnx(
         out = out.with_suffix(".onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     if end_to_end:
-        desc = _export_end_to_end(trained, out, size, max(batch_size, 2), dynamic_size, opset, check, tolerance)
+        # traced and checked on all three geometries of sample_inputs: a fitting, a smaller and a larger original
+        desc = _export_end_to_end(trained, out, size, max(batch_size, 3), dynamic_size, opset, check, tolerance)
     else:
         if dynamic_size:
             raise ConfigError("a dynamic input size needs the end-to-end graph (--end-to-end): the raw export's "
@@ -176,10 +198,16 @@ def _onnx_export(module: nn.Module, inputs: tuple, out: Path, input_names: list[
         # gathers by index (anchors, kept detections) use non-negative indices only, which is what
         # the exporter's warning about negative indices asks for
         warnings.filterwarnings("ignore", message=r"Exporting aten::index operator of advanced indexing")
-        torch.onnx.export(
-            module, inputs, str(out), input_names=input_names, output_names=output_names, opset_version=opset,
-            dynamic_axes=dynamic, dynamo=False,
-        )  # fmt: skip
+        try:
+            torch.onnx.export(
+                module, inputs, str(out), input_names=input_names, output_names=output_names, opset_version=opset,
+                dynamic_axes=dynamic, dynamo=False,
+            )  # fmt: skip
+        except torch.onnx.errors.OnnxExporterError as e:
+            # e.g. masks at the original size resample with GridSample, which ONNX has from opset 16;
+            # the exporter's own first sentence names the operator and the opset it needs
+            reason = str(e).split("[Caused by")[0].strip().splitlines()[0]
+            raise ConfigError(f"cannot export {out} with ONNX opset {opset}: {reason} (--opset; default 17)") from None
 
 
 def _export_raw(trained, out: Path, size, batch_size, dynamic_batch, opset, check, tolerance) -> dict[str, Any]:
@@ -213,10 +241,11 @@ def _export_end_to_end(trained, out: Path, size, batch_size, dynamic_size, opset
         per_task = e2e.per_task(images, orig_sizes)
     reference = {e2e.output_name(t, k): v for t, o in per_task.items() for k, v in o.items()}
     names = list(reference)
-    dims = {0: "batch", **({2: "height", 3: "width"} if dynamic_size else {})}
-    dynamic = {"images": dims, "orig_sizes": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    axes = e2e.output_axes(per_task, dynamic_size)
+    dims = {0: "batch", **(dict(zip((2, 3), INPUT_AXES)) if dynamic_size else {})}
+    dynamic = {"images": dims, "orig_sizes": {0: "batch"}, **axes}
     _onnx_export(e2e, (images, orig_sizes), out, ["images", "orig_sizes"], names, dynamic, opset)
-    desc = describe_end_to_end(trained, size, dynamic_size, reference, opset)
+    desc = describe_end_to_end(trained, size, dynamic_size, reference, axes, opset)
     if check:
         got = dict(zip(names, run_onnx(out, {"images": images.numpy(), "orig_sizes": orig_sizes.numpy()}, names)))
         desc["check"] = {}
@@ -249,16 +278,15 @@ def describe(trained, size, layout, reference) -> dict[str, Any]:
     }
 
 
-def describe_end_to_end(trained, size, dynamic_size: bool, reference: Mapping[str, torch.Tensor], opset: int) -> dict[str, Any]:
+def describe_end_to_end(trained, size, dynamic_size: bool, reference: Mapping[str, torch.Tensor],
+                        axes: Mapping[str, Mapping[int, str]], opset: int) -> dict[str, Any]:
+    """The JSON description of an end-to-end graph; ``axes`` names the outputs' variable axes."""
     mean, std = input_stats(trained.model)
     stride = trained.model.stride
-    hw = ["height", "width"] if dynamic_size else list(size)
+    hw = list(INPUT_AXES) if dynamic_size else list(size)
 
     def shape(name: str, t: torch.Tensor) -> list:
-        dims = ["batch", *t.shape[1:]]
-        if dynamic_size and t.dim() == 3 and tuple(t.shape[1:]) == tuple(size):
-            dims = ["batch", *hw]  # a map at the input size
-        return dims
+        return [axes[name].get(i, n) for i, n in enumerate(t.shape)]
 
     return {
         "mode": "end-to-end",
@@ -281,8 +309,9 @@ def describe_end_to_end(trained, size, dynamic_size: bool, reference: Mapping[st
         "outputs": {n: {"shape": shape(n, t), "dtype": str(t.dtype).replace("torch.", "")} for n, t in reference.items()},
         "detections": "boxes xyxy in original pixels; the first num_detections rows of each image are its detections, "
         "best first; the rest is padding (score 0, label -1)",
-        "masks": "class indices at the input size, 255 on the padding: crop to (round(h0 * scale), round(w0 * scale)) "
-        "and resize (nearest) to (h0, w0)",
+        "masks": "mask_original: class indices at each image's original size, as mtedet predict gives them: image i's "
+        "mask is the top-left (h0, w0) of its (orig_height, orig_width) plane (the batch's largest original height "
+        "and width), 255 beyond; mask: class indices at the input size, 255 on the padding",
         "tasks": {t: task.describe_export() for t, task in trained.tasks.items()},
     }
 

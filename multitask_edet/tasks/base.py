@@ -14,8 +14,9 @@ everything specific to it, the way a timm entrypoint owns its model:
   Python API share, so test-time augmentation works everywhere), ``evaluator``, ``record``
   and ``draw`` (what ``mtedet predict`` writes), ``export_outputs`` (what a raw ONNX export
   names), ``export_postprocess`` (the task's inference inside an end-to-end exported graph:
-  what ``predict`` computes, as traceable tensor operations with fixed-rank outputs) and
-  ``export_check`` (how that graph's outputs are compared with PyTorch's).
+  what ``predict`` computes, as traceable tensor operations with fixed-rank outputs),
+  ``export_axes`` (which of those outputs' axes vary) and ``export_check`` (how that graph's
+  outputs are compared with PyTorch's).
 
 A model may hold several instances of one type under different names — two segmentation heads
 ``drivable`` and ``lane`` with their own class sets — each with its own config section, head,
@@ -230,6 +231,14 @@ class Task(ABC):
             "Task.export_postprocess(forward, geometry) to return its predictions as named tensors, "
             "or export the raw outputs (mtedet export without --end-to-end)"
         )
+
+    def export_axes(self) -> dict[str, dict[int, str]]:
+        """The axes of ``export_postprocess``'s outputs whose length is not fixed by the model,
+        besides the batch (axis 0): ``{output: {axis: name}}``. ``"height"`` / ``"width"`` are
+        the input's (variable only in a graph exported with a dynamic input size); any other
+        name is a length the inputs' values decide (e.g. the batch's largest original image),
+        variable in every graph. Outputs with the same name of an axis have the same length."""
+        return {}
 
     def export_check(self, got: Mapping[str, Any], ref: Mapping[str, Any], tolerance: float = 1e-4) -> dict[str, float]:
         """Compare this task's outputs of an exported graph (``got``, numpy arrays by the names of

@@ -9,9 +9,9 @@ the scores out and keep the box regressor's codes at the magnitude of a trained 
 
 The predictions of ``engine/predict.py predict_images`` (what ``mtedet predict`` writes, before
 rounding to JSON) are the reference: the same detections (boxes within 1e-3 px after matching,
-same labels, scores within 1e-4), masks equal on >= 99.9% of the pixels, a user task's outputs
-equal; batches of 1 and 3, images that are letterboxed (padded and scaled), and images with no
-detection.
+same labels, scores within 1e-4), masks at the original size equal on >= 99.9% of every image's
+pixels, a user task's outputs equal; batches of 1 and 3, images that are letterboxed (padded and
+scaled up or down), and images with no detection.
 """
 from __future__ import annotations
 
@@ -174,14 +174,29 @@ def assert_same_detections(got, ref, prefix=""):
     assert np.all(np.diff(scores[:n]) <= 0), "detections come best first"
 
 
-def mask_agreement(got_mask, ref_mask, scale):
-    """Share of the original image's pixels where the graph's mask (cropped, nearest-resized to the
-    original as its description says) equals predict's."""
+def batch_plane(files, batch):
+    """Per image the (Hmax, Wmax) of its batch: the largest original height and width in it."""
+    sizes = [read_image(f).shape[:2] for f in files]
+    return [tuple(np.max(sizes[i - i % batch: i - i % batch + batch], 0)) for i in range(len(files))]
+
+
+def original_agreement(got_mask, ref_mask):
+    """Share of the original image's pixels where the graph's original-size mask equals predict's;
+    beyond the image (the rest of the batch's plane) everything must be 255."""
     h0, w0 = ref_mask.shape
-    crop = got_mask[: round(h0 * scale), : round(w0 * scale)]
-    rows = np.minimum(((np.arange(h0) + 0.5) * crop.shape[0] / h0).astype(int), crop.shape[0] - 1)
-    cols = np.minimum(((np.arange(w0) + 0.5) * crop.shape[1] / w0).astype(int), crop.shape[1] - 1)
-    return float((crop[rows][:, cols] == ref_mask.numpy()).mean())
+    assert (got_mask[h0:] == 255).all() and (got_mask[:, w0:] == 255).all()
+    return float((got_mask[:h0, :w0] == ref_mask.numpy()).mean())
+
+
+def assert_input_mask(mask, ref_mask, image_size=(128, 128)):
+    """The input-size mask: 255 exactly on the letterbox padding; an image that needed no
+    rescaling is predict's mask, cropped."""
+    h0, w0 = ref_mask.shape
+    scale = min(image_size[0] / h0, image_size[1] / w0)
+    assert (mask[round(h0 * scale):] == 255).all() and (mask[:, round(w0 * scale):] == 255).all()
+    assert (mask[: round(h0 * scale), : round(w0 * scale)] != 255).all()
+    if scale == 1:
+        assert (mask[:h0, :w0] == ref_mask.numpy()).mean() >= 0.999
 
 
 # ---------------------------------------------------------------------------- the checks
@@ -228,18 +243,19 @@ def test_soft_nms_graph_equals_predict(tmp_path, image_files, one_thread):
 def test_segmentation_graph_equals_predict(tmp_path, image_files, batch, one_thread):
     src = pretrained(tmp_path, ["seg"])
     desc = export_onnx(src, tmp_path / "seg.onnx", end_to_end=True)
-    assert list(desc["outputs"]) == ["mask"] and desc["outputs"]["mask"] == {"shape": ["batch", 128, 128], "dtype": "uint8"}
+    assert desc["outputs"] == {"mask": {"shape": ["batch", 128, 128], "dtype": "uint8"},
+                               "mask_original": {"shape": ["batch", "orig_height", "orig_width"], "dtype": "uint8"}}
+    assert desc["check"]["seg"] == {"mask": 0.0, "mask_original": 0.0}  # the export's own check on noise images
     got = run_onnx(tmp_path / "seg.onnx", image_files, batch)
-    for g, (sample, preds) in zip(got, reference(src, image_files, batch)):
-        h0, w0 = sample["orig_size"]
-        scale = min(128 / h0, 128 / w0)
-        mask = g["mask"]
-        assert set(np.unique(mask)) <= {0, 1, 2, 255}
-        assert (mask[round(h0 * scale):] == 255).all() and (mask[:, round(w0 * scale):] == 255).all()
-        if scale == 1:  # predict's mask is the graph's, cropped
-            assert mask_agreement(mask, preds["seg"], scale) >= 0.999
-        else:  # predict resamples scores, the graph's caller resizes labels: they part at class borders
-            assert mask_agreement(mask, preds["seg"], scale) >= 0.9
+    ref = reference(src, image_files, batch)
+    for g, plane, (sample, preds) in zip(got, batch_plane(image_files, batch), ref):
+        assert tuple(sample["orig_size"]) == preds["seg"].shape
+        assert set(np.unique(g["mask_original"])) <= {0, 1, 2, 255}
+        assert g["mask_original"].shape == plane
+        # scores resampled to the original pixels inside the graph, as predict does: the same mask
+        # whether the image was padded only (img1, img2) or scaled up (img3) or down (img4)
+        assert original_agreement(g["mask_original"], preds["seg"]) >= 0.999
+        assert_input_mask(g["mask"], preds["seg"])
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -247,14 +263,15 @@ def test_detection_and_segmentation_graph_equals_predict(tmp_path, image_files, 
     src = pretrained(tmp_path, ["det", "seg"])
     over = {"seg": {"flip_test": True}}  # the graph runs the mirrored images too
     desc = export_onnx(src, tmp_path / "joint.onnx", end_to_end=True, overrides=over)
-    assert list(desc["outputs"]) == ["det_boxes", "det_scores", "det_labels", "det_num_detections", "seg_mask"]
+    assert list(desc["outputs"]) == ["det_boxes", "det_scores", "det_labels", "det_num_detections", "seg_mask",
+                                     "seg_mask_original"]
     assert desc["tasks"]["seg"]["class_names"] == SEG_NAMES and desc["tasks"]["det"]["class_names"] == DET_NAMES
     got = run_onnx(tmp_path / "joint.onnx", image_files, batch)
-    for g, (sample, preds) in zip(got, reference(src, image_files, batch, over)):
+    for g, plane, (sample, preds) in zip(got, batch_plane(image_files, batch), reference(src, image_files, batch, over)):
         assert_same_detections(g, preds["det"], prefix="det_")
-        h0, w0 = sample["orig_size"]
-        if max(h0, w0) == 128:
-            assert mask_agreement(g["seg_mask"], preds["seg"], 1.0) >= 0.999
+        assert g["seg_mask_original"].shape == plane
+        assert original_agreement(g["seg_mask_original"], preds["seg"]) >= 0.999
+        assert_input_mask(g["seg_mask"], preds["seg"])
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -306,22 +323,28 @@ def test_dynamic_size_graph_runs_other_sizes(tmp_path, one_thread):
     desc = export_onnx(src, tmp_path / "dyn.onnx", end_to_end=True, dynamic_size=True)
     assert desc["inputs"]["images"]["shape"] == ["batch", 3, "height", "width"]
     assert desc["outputs"]["seg_mask"]["shape"] == ["batch", "height", "width"]
+    assert desc["outputs"]["seg_mask_original"]["shape"] == ["batch", "orig_height", "orig_width"]
     trained = load_for_inference(src)
     e2e = EndToEnd(trained.model, trained.tasks).eval()
     sess = ort.InferenceSession(str(tmp_path / "dyn.onnx"), providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(3)
     for size in [(256, 128), (128, 384)]:
         images = torch.randint(0, 256, (2, 3, *size), generator=g, dtype=torch.uint8)
-        sizes = torch.tensor([size, (size[0] // 2, size[1])])
+        sizes = torch.tensor([size, (size[0] * 2 + 1, size[1] // 3)])  # fitting, and larger than the input
         got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": images.numpy(),
                                                                              "orig_sizes": sizes.numpy()})))
         with torch.no_grad():
             ref = e2e.named(images, sizes)
         assert got["seg_mask"].shape == (2, *size)
-        assert (got["seg_mask"] == ref["seg_mask"].numpy()).mean() >= 0.999
+        assert got["seg_mask_original"].shape == (2, size[0] * 2 + 1, size[1])
+        for key in ("seg_mask", "seg_mask_original"):
+            assert (got[key] == ref[key].numpy()).mean() >= 0.999
         for i in range(2):
             ref_i = {k: ref[f"det_{k}"][i][: int(ref["det_num_detections"][i])] for k in ("boxes", "scores", "labels")}
             assert_same_detections({k: v[i] for k, v in got.items()}, ref_i, prefix="det_")
+    # masks at the original size need GridSample (opset 16): an older opset is a one-line error
+    with pytest.raises(ConfigError, match=r"opset 15: .*grid_sampler.*added in version 16.*--opset"):
+        export_onnx(src, tmp_path / "old.onnx", end_to_end=True, opset=15)
     # an input that is no multiple of 2**max_level is refused by the model config check, not the graph
     with pytest.raises(ConfigError, match="not divisible by 128"):
         export_onnx(src, tmp_path / "bad.onnx", end_to_end=True, image_size=(100, 128))
@@ -336,12 +359,12 @@ def test_cli_export_end_to_end_writes_graph_and_description(tmp_path, capsys):
                  "--set", "det.postprocess.max_detections=7"]) == 0
     printed = capsys.readouterr().out
     assert "inputs: images uint8" in printed and "onnxruntime vs PyTorch, det: boxes" in printed
-    assert "onnxruntime vs PyTorch, seg: mask 0" in printed  # the share of differing mask pixels
+    assert "onnxruntime vs PyTorch, seg: mask 0, mask_original 0" in printed  # the shares of differing mask pixels
     desc = json.loads(out.with_suffix(".json").read_text())
     assert desc["mode"] == "end-to-end" and desc["outputs"]["det_boxes"]["shape"] == ["batch", 7, 4]
     assert desc["inputs"]["images"]["mean"] == [0.485, 0.456, 0.406]
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
-    assert {"NonMaxSuppression", "TopK", "ArgMax"} <= ops  # NMS and top-k are inside the graph
+    assert {"NonMaxSuppression", "TopK", "ArgMax", "GridSample"} <= ops  # NMS, top-k, mask resampling inside
     assert not list(tmp_path.glob("e2e.*.npy"))  # nothing besides the graph is needed

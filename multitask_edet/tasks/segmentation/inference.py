@@ -21,11 +21,20 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ...datasets.io import IGNORE_INDEX
-
 
 #: label of a pixel without a finite prediction, by mask dtype (outside every class id)
 NO_CLASS = {torch.uint8: 255, torch.int64: -1}
+
+
+def label_dtype(num_classes: int) -> torch.dtype:
+    """uint8 when the classes and ``NO_CLASS`` fit in it (what palette PNGs store), else int64."""
+    return torch.uint8 if num_classes < 256 else torch.int64
+
+
+def class_labels(scores: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) scores → (B, ...) argmax class, ``NO_CLASS`` where a score is not finite."""
+    dtype = label_dtype(scores.shape[1])
+    return scores.argmax(1).to(dtype).masked_fill(~torch.isfinite(scores).all(1), NO_CLASS[dtype])
 
 
 def _geometry(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[tuple[int, int], float, tuple[float, float]]:
@@ -79,7 +88,6 @@ def scores_to_masks(
     """
     b, c, h, w = scores.shape
     metas = list(metas) if metas is not None else [None] * b
-    dtype = torch.uint8 if c < 256 else torch.int64
     groups: dict[tuple, list[int]] = {}
     for i, meta in enumerate(metas):
         groups.setdefault(_geometry(meta, (h, w)), []).append(i)
@@ -95,30 +103,75 @@ def scores_to_masks(
             x = F.grid_sample(
                 x.float(), grid.expand(len(idx), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
             )
-        labels = x.argmax(1).to(dtype).masked_fill_(~torch.isfinite(x).all(1), NO_CLASS[dtype])
+        labels = class_labels(x)
         for j, i in enumerate(idx):
             out[i] = labels[j]
     return out
 
 
-def input_masks(scores: torch.Tensor, orig_sizes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) scores at input size → (B, H, W) class indices at input size, batched and
-    traceable (an exported graph's output): pixels outside each image are marked as ignored.
+def letterbox_scales(orig_sizes: torch.Tensor, input_size: tuple[Any, Any]) -> torch.Tensor:
+    """(B,) float64 scale of every image letterboxed into ``input_size``: ``min(H / h0, W / w0)``,
+    the eval transform's scale to the last bit (datasets/transforms.py ``FitScaleCrop``), so the
+    valid region and the sampling positions below are the ones ``scores_to_masks`` computes."""
+    sizes = orig_sizes.to(torch.float64)
+    return torch.minimum(input_size[0] / sizes[:, 0], input_size[1] / sizes[:, 1])
 
-    The images sit at the top-left of the input, scaled by ``scales`` (B,) from ``orig_sizes``
-    (B, 2) = (h0, w0); a pixel belongs to the image when its centre does (the rule of
-    ``valid_region``). Inside, the mask equals ``scores_to_masks`` of an image at scale 1, and
-    cropping it to the valid region then resizing to (h0, w0) maps it to the original. uint8
-    with 255 outside when the classes fit below 255, else int64 with -1 outside.
+
+def input_masks(scores: torch.Tensor, orig_sizes: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) scores at input size → (B, H, W) class indices at input size, batched and
+    traceable (an exported graph's output): pixels outside each image get ``NO_CLASS``.
+
+    The images sit at the top-left of the input, letterboxed from ``orig_sizes`` (B, 2) =
+    (h0, w0); a pixel belongs to the image when its centre does (the rule of ``valid_region``).
+    Inside, the mask equals ``scores_to_masks`` of an image at scale 1; at the original size of a
+    rescaled image it is ``original_masks``. uint8 with 255 outside when the classes fit, else
+    int64 with -1 (``label_dtype``).
     """
     h, w = scores.shape[-2:]
-    limit = (orig_sizes.to(scores.device, torch.float32) * scales.to(scores.device, torch.float32).view(-1, 1))
-    rows = torch.arange(h, device=scores.device, dtype=torch.float32) + 0.5
-    cols = torch.arange(w, device=scores.device, dtype=torch.float32) + 0.5
+    scales = letterbox_scales(orig_sizes, (h, w)).to(scores.device)
+    limit = orig_sizes.to(scores.device, torch.float64) * scales.view(-1, 1)
+    rows = torch.arange(h, device=scores.device, dtype=torch.float64) + 0.5
+    cols = torch.arange(w, device=scores.device, dtype=torch.float64) + 0.5
     inside = (rows.view(1, -1, 1) < limit[:, 0].view(-1, 1, 1)) & (cols.view(1, 1, -1) < limit[:, 1].view(-1, 1, 1))
-    small = scores.shape[1] < IGNORE_INDEX
-    labels = scores.argmax(1).to(torch.uint8 if small else torch.int64)
-    return torch.where(inside, labels, torch.full_like(labels, IGNORE_INDEX if small else -1))
+    labels = class_labels(scores)
+    return torch.where(inside, labels, torch.full_like(labels, NO_CLASS[labels.dtype]))
+
+
+def original_masks(scores: torch.Tensor, orig_sizes: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) scores at input size → (B, Hmax, Wmax) class indices at every image's original
+    size, batched and traceable: ``scores_to_masks`` of letterboxed images (top-left, pad 0) as
+    one ``grid_sample`` (ONNX ``GridSample``, opset >= 16).
+
+    Image i's mask is the top-left (h0, w0) of its row, ``NO_CLASS`` beyond; (Hmax, Wmax) is the
+    batch's largest original height and width. Each original pixel centre is sampled at its exact
+    input position, clamped to the image's valid span — what cropping to ``valid_region`` and
+    sampling with border padding does — computed in float64 as ``scores_to_masks`` does, so the
+    two differ only where float32 rounding of the sampling weights decides a tie.
+    """
+    h, w = scores.shape[-2:]
+    sizes = orig_sizes.to(scores.device, torch.int64)
+    scales = letterbox_scales(sizes, (h, w))
+    gy, rows = _sampling_axis(sizes[:, 0], scales, h)
+    gx, cols = _sampling_axis(sizes[:, 1], scales, w)
+    b, hmax, wmax = gy.shape[0], gy.shape[1], gx.shape[1]
+    grid = torch.stack([gx.view(b, 1, wmax).expand(b, hmax, wmax), gy.view(b, hmax, 1).expand(b, hmax, wmax)], -1)
+    x = F.grid_sample(scores.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    labels = class_labels(x)
+    inside = rows.view(b, hmax, 1) & cols.view(b, 1, wmax)
+    return torch.where(inside, labels, torch.full_like(labels, NO_CLASS[labels.dtype]))
+
+
+def _sampling_axis(n: torch.Tensor, scales: torch.Tensor, size: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """One axis of ``original_masks``: for every image (``n`` (B,) original lengths) and original
+    index 0..max(n)-1, the ``grid_sample`` coordinate (float32, -1..1 across ``size`` input pixels)
+    of the pixel centre, and whether the index lies inside the image."""
+    index = torch.arange(n.max(), device=n.device, dtype=torch.float64).view(1, -1)
+    source = (index + 0.5) * scales.view(-1, 1) - 0.5  # _source with pad 0
+    # _valid_span with pad 0: input pixels [0, hi); a side too thin to cover a pixel centre keeps pixel 0
+    hi = torch.ceil(n.to(torch.float64) * scales - 0.5).clamp(min=1)
+    hi = torch.minimum(hi, torch.as_tensor(size, dtype=torch.float64, device=n.device))
+    source = torch.minimum(source.clamp(min=0), (hi - 1).view(-1, 1))
+    return ((source + 0.5) / size * 2 - 1).to(torch.float32), index < n.view(-1, 1)
 
 
 def mask_to_original(mask: torch.Tensor, meta: dict[str, Any] | None) -> torch.Tensor:

@@ -22,7 +22,7 @@ from ..base import ExportGeometry, Forward, Task, register_task
 from ..drawing import blend_mask
 from .config import SegmentationConfig
 from .evaluator import SegmentationEvaluator
-from .inference import input_masks, scores_to_masks
+from .inference import input_masks, original_masks, scores_to_masks
 from .loss import SegmentationLoss
 from .paper_metrics import PaperSegMetrics
 
@@ -74,9 +74,16 @@ class SegmentationTask(Task):
         return self.postprocess(self.class_scores(forward), batch)
 
     def export_postprocess(self, forward: Forward, geometry: ExportGeometry) -> dict[str, torch.Tensor]:
-        """``mask`` (B, H, W): class indices at the input size, 255 on the letterbox padding
-        (tasks/segmentation/inference.py ``input_masks``)."""
-        return {"mask": input_masks(self.class_scores(forward), geometry.orig_sizes, geometry.scales)}
+        """Class indices (255 where there is no class; int64 and -1 with 256 classes or more):
+        ``mask`` (B, H, W) at the input size, 255 on the letterbox padding (``input_masks``), and
+        ``mask_original`` (B, Hmax, Wmax) at every image's original size, what ``predict`` gives
+        (``original_masks``: image i's mask is its top-left (h0, w0), 255 beyond)."""
+        scores = self.class_scores(forward)
+        return {"mask": input_masks(scores, geometry.orig_sizes),
+                "mask_original": original_masks(scores, geometry.orig_sizes)}
+
+    def export_axes(self) -> dict[str, dict[int, str]]:
+        return {"mask": {1: "height", 2: "width"}, "mask_original": {1: "orig_height", 2: "orig_width"}}
 
     def evaluator(self, dataset: Any = None, output_dir: str | Path | None = None) -> SegmentationEvaluator:
         """mIoU evaluator; class names from the dataset's annotation when given.

@@ -5,7 +5,12 @@ import torch
 from multitask_edet.engine.inference import predict_batch
 from multitask_edet.tasks.base import Forward
 from multitask_edet.tasks.segmentation import SegmentationTask, scores_to_masks
-from multitask_edet.tasks.segmentation.inference import mask_to_original, valid_region
+from multitask_edet.tasks.segmentation.inference import (
+    input_masks,
+    mask_to_original,
+    original_masks,
+    valid_region,
+)
 
 
 def one_hot_logits(labels, num_classes, input_size, top, left, pad_class):
@@ -101,6 +106,76 @@ def test_mask_to_original_crops_padding():
     mask[2:5, 1:3] = torch.tensor([[1, 2], [3, 4], [5, 6]])
     out = mask_to_original(mask, {"orig_size": (3, 2), "scale": 1.0, "pad": (2, 1)})
     assert out.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+def letterboxed_scores(orig_sizes, num_classes, input_size, seed=0):
+    """Random scores (B, C, H, W) on each image's valid region; on the letterbox padding the last
+    class wins by far, so a mask that samples the padding shows it. With the metas of the images."""
+    h, w = input_size
+    scores = torch.randn(len(orig_sizes), num_classes, h, w, generator=torch.Generator().manual_seed(seed))
+    scores[:, -1] = -10.0
+    metas = []
+    for i, (h0, w0) in enumerate(orig_sizes):
+        meta = {"orig_size": (h0, w0), "scale": min(h / h0, w / w0), "pad": (0, 0)}
+        top, left, vh, vw = valid_region(meta, input_size)
+        outside = torch.ones(h, w, dtype=torch.bool)
+        outside[top:top + vh, left:left + vw] = False
+        scores[i, :, outside] = -10.0
+        scores[i, -1, outside] = 10.0
+        metas.append(meta)
+    return scores, metas
+
+
+#: originals letterboxed into 32 x 40: fitting, padded only, scaled up by a non-integer factor,
+#: scaled down so that the last column's (45 x 33) or row's (33 x 77) centre maps past the last
+#: input pixel of the image (0.61 px, 0.38 px: clamped, else it would blend in the padding), a
+#: side too thin to cover a pixel centre (3 px at scale 0.032: 0.1 px), and 2x exactly
+GEOMETRIES = [(32, 40), (20, 40), (7, 9), (45, 33), (33, 77), (1000, 3), (16, 20)]
+
+
+@pytest.mark.parametrize("batch", [1, len(GEOMETRIES)])
+def test_original_masks_are_scores_to_masks_batched(batch):
+    # the exported graph's mask at the original size (one grid_sample for the batch) is what
+    # predict computes image by image, and never samples the letterbox padding
+    for start in range(0, len(GEOMETRIES), batch):
+        sizes = GEOMETRIES[start:start + batch]
+        scores, metas = letterboxed_scores(sizes, 4, (32, 40), seed=start)
+        got = original_masks(scores, torch.tensor(sizes))
+        assert got.dtype == torch.uint8
+        assert got.shape == (len(sizes), max(h for h, _ in sizes), max(w for _, w in sizes))
+        for mask, ref, (h0, w0) in zip(got, scores_to_masks(scores, metas), sizes):
+            assert (mask[h0:] == 255).all() and (mask[:, w0:] == 255).all()
+            assert not (mask[:h0, :w0] == 3).any(), "the padding's class leaked into the image"
+            assert (mask[:h0, :w0] == ref).float().mean() >= 0.999
+
+
+def test_original_masks_sample_each_pixel_at_its_exact_input_position():
+    # As test_non_integer_scale_...: class 0's score is the input row u, class 1's 3.6. A 20 x 5
+    # original fits 14 x 16 at scale 0.7; row y is class 0 iff (y + 0.5) * 0.7 - 0.5 > 3.6.
+    u = torch.arange(14, dtype=torch.float32).view(14, 1).expand(14, 16)
+    scores = torch.stack([u, torch.full_like(u, 3.6)])[None]
+    (mask,) = original_masks(scores, torch.tensor([[20, 5]]))
+    assert mask.shape == (20, 5) and (mask == mask[:, :1]).all()
+    assert mask[:, 0].tolist() == [0 if (y + 0.5) * 0.7 - 0.5 > 3.6 else 1 for y in range(20)]
+
+
+def test_exported_masks_mark_non_finite_scores_and_the_outside():
+    scores, metas = letterboxed_scores([(16, 20), (32, 20)], 3, (32, 40))
+    scores[0, 1, :4, :4] = float("nan")  # at scale 2, original pixels 0-1 sample input pixels 0-3
+    sizes = torch.tensor([[16, 20], [32, 20]])
+    at_input, at_original = input_masks(scores, sizes), original_masks(scores, sizes)
+    assert (at_input[0, :4, :4] == 255).all() and (at_input[0, :16, :20] == 255).sum() == 16
+    assert (at_original[0, :2, :2] == 255).all() and (at_original[0, :16, :20] == 255).sum() == 4
+    assert torch.equal(at_original[0, :16, :20], scores_to_masks(scores, metas)[0])
+    assert (at_input[0, 32:] == 255).all() and (at_input[1, :, 20:] == 255).all()  # the padding
+    assert torch.equal(at_input[1, :, :20], scores[1, :, :, :20].argmax(0).byte())  # the second image fills 32 x 20
+    # with 256 classes or more the masks are int64 and -1 marks the pixels without a class
+    many = torch.randn(1, 300, 8, 8)
+    many[0, 5, 0, 0] = float("nan")
+    wide, orig = input_masks(many, torch.tensor([[4, 8]])), original_masks(many, torch.tensor([[4, 8]]))
+    assert wide.dtype == orig.dtype == torch.int64
+    assert wide[0, 0, 0] == orig[0, 0, 0] == -1 and (wide[0, 4:] == -1).all()
+    assert torch.equal(orig[0], scores_to_masks(many, [{"orig_size": (4, 8), "scale": 1.0, "pad": (0, 0)}])[0])
 
 
 class PixelModel(torch.nn.Module):
