@@ -15,3 +15,7 @@ class DatasetError(MtedetError, ValueError):
 
 class CheckpointError(MtedetError, ValueError):
     """A checkpoint with missing/unexpected keys or of the wrong model."""
+
+
+class WeightsUnavailableError(MtedetError, RuntimeError):
+    """Pretrained weights that are neither in the local cache nor reachable (offline, no file)."""

@@ -143,7 +143,8 @@ def create_model(
     cfg = dataclasses.replace(cfg, neck=dataclasses.replace(cfg.neck, min_level=min_level))
 
     b = cfg.backbone
-    backbone = Backbone(b.name, min_level, max_level, width, cfg.neck.padding, b.drop_path_rate, b.weights)
+    backbone = Backbone(b.name, min_level, max_level, width, cfg.neck.padding, b.drop_path_rate, b.weights,
+                        b.pretrained, b.pretrained_tag)
     n = cfg.neck
     neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
     model = MultiTaskEfficientDet(backbone, neck, heads, config=cfg)
