@@ -187,6 +187,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_backbone(args: argparse.Namespace) -> int:
+    from .compat.efficientnet_pytorch import convert_efficientnet_pytorch_file
+
+    sd = convert_efficientnet_pytorch_file(args.src, args.dst, args.backbone)
+    print(f"wrote {args.dst} ({len(sd)} tensors, timm naming) for {args.backbone}")
+    return 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .datasets.check import check_dataset, format_report
 
@@ -340,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dst", metavar="OUT", help="output .safetensors file")
     c.add_argument("--model", required=True, help="our variant the weights are for, e.g. tf_efficientdet-d0")
     c.set_defaults(func=cmd_convert)
+
+    # -- convert-backbone
+    cb = sub.add_parser("convert-backbone", help="convert EfficientNet weights in efficientnet_pytorch/smp naming to timm's",
+                        description="Map an efficientnet_pytorch or smp efficientnet-b* checkpoint (_blocks.N._depthwise_conv"
+                        "…) onto timm's names by structure, checked by shape; load the result with "
+                        "--set model.backbone.weights=OUT (such files are also converted automatically there).")
+    cb.add_argument("src", metavar="IN", help="checkpoint in efficientnet_pytorch naming (.pth/.safetensors)")
+    cb.add_argument("dst", metavar="OUT", help="output .safetensors file (timm naming)")
+    cb.add_argument("--backbone", required=True, help="timm model, e.g. tf_efficientnet_b3 or tf_efficientnet_lite0")
+    cb.set_defaults(func=cmd_convert_backbone)
 
     # -- data
     d = sub.add_parser("data", help="dataset tools: check a dataset, write the sample dataset",

@@ -123,7 +123,7 @@ def convert_efficientnet_pytorch_state_dict(sd: dict[str, torch.Tensor], backbon
     # Layers a feature extractor does not use may be absent from an encoder-only file.
     optional = ("conv_head.", "bn2.", "classifier.")
     missing = [k for k in own if k not in out and not k.startswith(optional)]
-    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    missing = [k for k in missing if not k.endswith("num_batches_tracked") and not k.startswith(tuple(f"{d}." for d in unmatched_dst))]
     if wrong or missing or unmatched_src or unmatched_dst:
         parts = []
         if wrong:
