@@ -31,6 +31,7 @@ from .distributed import (
     is_main_process, resolve_device, unwrap, wrap_model,
 )  # fmt: skip
 from .evaluate import evaluate
+from .finetune import FreezeStepsHook, freeze_batch_norm
 from .hooks import Checkpointer, CheckpointHook, EMAHook, EvalHook, LRSchedulerHook, MetricsLogger
 from .param_groups import apply_freeze, build_param_groups, frozen_tasks
 from .schedule import build_scheduler, scaled_lr
@@ -198,7 +199,7 @@ def build_tasks(cfg: ExperimentConfig, model: nn.Module, class_names: Mapping[st
 
 def build_optimizer(cfg: ExperimentConfig, model: nn.Module, weighting, lr: float) -> torch.optim.Optimizer:
     t = cfg.train
-    groups = build_param_groups(model, lr, t.weight_decay, t.no_decay_bn_bias, t.lr_mult)
+    groups = build_param_groups(model, lr, t.weight_decay, t.no_decay_bn_bias, t.lr_mult, own_groups=t.freeze_steps)
     groups += weighting.param_groups(lr)
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=t.momentum)
@@ -264,6 +265,7 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
     tasks = build_tasks(cfg, model, data.class_names)
     model = convert_sync_bn(model, device) if cfg.train.sync_bn else model
     apply_freeze(model, cfg.train.freeze)
+    freeze_batch_norm(model, cfg.train.frozen_bn)
     loss_tasks = [t for t in cfg.tasks if t not in frozen_tasks(model, cfg.train.freeze)]
     if not loss_tasks:
         raise ConfigError(f"train.freeze {cfg.train.freeze} freezes every task's head: nothing would be trained")
@@ -327,7 +329,8 @@ def _attach_hooks(cfg: ExperimentConfig, trainer: Trainer, run_dir: Path, data: 
                          report_dir=run_dir / "eval")
     checkpointer.extra_state["eval"] = eval_hook
     hooks = [EMAHook(ema)] if ema is not None else []
-    hooks += [LRSchedulerHook(scheduler), eval_hook, CheckpointHook(checkpointer, t.checkpoint_every_steps), logger]
+    hooks += [LRSchedulerHook(scheduler)] + ([FreezeStepsHook(trainer.model, t.freeze_steps)] if t.freeze_steps else [])
+    hooks += [eval_hook, CheckpointHook(checkpointer, t.checkpoint_every_steps), logger]
     trainer.register_hooks(hooks)
     return checkpointer, eval_hook
 
@@ -402,7 +405,9 @@ def load_trained(path: str | Path, overrides: Mapping[str, Any] | None = None, d
     if not saved:
         raise CheckpointError(f"{path} carries no experiment config; it was not written by `mtedet train`")
     # the initial-weights file of the training is not needed (and may be gone): weights come from sd
-    cfg = config_from_dict(deep_merge(deep_merge(saved, dict(overrides or {})), {"model": {"checkpoint": None}}))
+    # (nor are the backbone's pretrained weights: they are in sd too, and need no network)
+    no_init = {"model": {"checkpoint": None, "backbone": {"pretrained": False, "weights": None}}}
+    cfg = config_from_dict(deep_merge(deep_merge(saved, dict(overrides or {})), no_init))
     class_names = {k: list(v) for k, v in (info.get("class_names") or {}).items()}
     model = build_model(cfg, class_names)
     try:

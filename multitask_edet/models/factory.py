@@ -143,8 +143,10 @@ def create_model(
     cfg = dataclasses.replace(cfg, neck=dataclasses.replace(cfg.neck, min_level=min_level))
 
     b = cfg.backbone
-    backbone = Backbone(b.name, min_level, max_level, width, cfg.neck.padding, b.drop_path_rate, b.weights,
-                        b.pretrained, b.pretrained_tag)
+    # A strict checkpoint replaces every weight: the backbone's own weights need not be fetched first.
+    replaced = checkpoint is not None and strict
+    backbone = Backbone(b.name, min_level, max_level, width, cfg.neck.padding, b.drop_path_rate,
+                        None if replaced else b.weights, b.pretrained and not replaced, b.pretrained_tag)
     n = cfg.neck
     neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
     model = MultiTaskEfficientDet(backbone, neck, heads, config=cfg)
@@ -154,13 +156,16 @@ def create_model(
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> list[str]:
-    """Load weights saved by us (safetensors / torch) or an effdet state dict.
+    """Load weights saved by us (safetensors / torch) or an effdet state dict; ``effdet:NAME`` or a
+    URL are fetched through torch.hub's cache first (compat/effdet_weights.py).
 
     Strict by default: any missing, unexpected or wrong-shape key is an error listing them.
     ``strict=False`` loads what fits and returns the model keys left at their initialisation.
     """
-    sd = read_state_dict(path)
     from ..compat.effdet import convert_effdet_state_dict, is_effdet_state_dict
+    from ..compat.effdet_weights import is_remote_checkpoint, load_remote_checkpoint
+
+    sd = load_remote_checkpoint(path) if is_remote_checkpoint(path) else read_state_dict(path)
 
     if is_effdet_state_dict(sd):
         # Fine-tuning converts into the detector effdet trained (its class count, P3-P7) and
