@@ -20,6 +20,7 @@ from urllib.error import URLError
 import torch
 
 from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
+from ..models.backbone import unwrap_state_dict
 
 _RELEASE = "https://github.com/rwightman/efficientdet-pytorch/releases/download/v0.1/"
 #: torch.hub's rule: the hash prefix is the last "-<hex>" before the extension
@@ -118,13 +119,7 @@ def load_remote_checkpoint(spec: str, progress: bool = True) -> dict[str, torch.
         raise CheckpointError(f"checkpoint {spec} from {url}: {e}; the partial download was discarded, try again") from None
     except Exception as e:  # a corrupt cached file, pickled code
         raise CheckpointError(f"cannot read checkpoint {cached} (from {url}): {e}; delete it and try again") from None
-    for key in ("model", "state_dict", "state_dict_ema", "model_ema"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"checkpoint {spec} ({cached}) does not hold a state dict of tensors")
-    return sd
+    return unwrap_state_dict(sd, f"{spec} ({cached})")
 
 
 def coco_detector(name: str = "tf_efficientdet_d0", device: str | torch.device = "cpu"):

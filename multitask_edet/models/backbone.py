@@ -122,6 +122,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickled code, unknown format
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    return unwrap_state_dict(sd, path)
+
+
+def unwrap_state_dict(sd, path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint: ``{"state_dict": …}``-style wrappers and a
+    DistributedDataParallel ``module.`` prefix removed; anything else is a CheckpointError."""
     for key in ("model", "state_dict", "state_dict_ema", "model_ema"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
