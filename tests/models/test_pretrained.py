@@ -123,3 +123,17 @@ def test_backbone_input_stats_from_timms_pretrained_config():
     assert backbone_input_stats("efficientnet_b6", "tf_efficientnet_b6.aa_in1k") == imagenet
     with pytest.raises(ConfigError):
         backbone_input_stats("no_such_net")
+
+
+def test_real_recipes_start_from_pretrained_weights_demo_and_smoke_do_not():
+    from multitask_edet.engine.config import build_config, list_recipes
+
+    for name in list_recipes():
+        cfg = build_config(name)
+        pretrained = cfg.model.backbone.get("pretrained", False)
+        if name.startswith(("det-coco-", "seg-voc-", "joint-")):
+            assert pretrained is True, name
+        elif name == "det-voc-d0":  # fine-tunes effdet's COCO detector, backbone included
+            assert cfg.model.checkpoint == "effdet:efficientdet_d0" and cfg.model.checkpoint_strict is False
+        elif name.startswith(("demo-", "smoke-")):
+            assert not pretrained and cfg.model.checkpoint is None, name
