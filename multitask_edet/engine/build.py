@@ -31,7 +31,7 @@ from .distributed import (
     is_main_process, resolve_device, unwrap, wrap_model,
 )  # fmt: skip
 from .evaluate import evaluate
-from .finetune import FreezeStepsHook, freeze_batch_norm
+from .finetune import FreezeStepsHook, freeze_batch_norm, set_bn_momentum
 from .hooks import Checkpointer, CheckpointHook, EMAHook, EvalHook, LRSchedulerHook, MetricsLogger
 from .param_groups import apply_freeze, build_param_groups, frozen_tasks
 from .schedule import build_scheduler, scaled_lr
@@ -265,6 +265,7 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
     tasks = build_tasks(cfg, model, data.class_names)
     model = convert_sync_bn(model, device) if cfg.train.sync_bn else model
     apply_freeze(model, cfg.train.freeze)
+    set_bn_momentum(model, cfg.train.bn_momentum)
     freeze_batch_norm(model, cfg.train.frozen_bn)
     loss_tasks = [t for t in cfg.tasks if t not in frozen_tasks(model, cfg.train.freeze)]
     if not loss_tasks:

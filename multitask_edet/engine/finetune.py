@@ -8,6 +8,12 @@ groups, DistributedDataParallel's gradient hooks and checkpoints stay as they ar
 decoupled weight decay (AdamW, and SGD's decay through the learning rate) nothing moves.
 The part gets its own optimizer groups (``param_groups.build_param_groups(own_groups=…)``).
 
+``train.bn_momentum: 0.1`` sets the momentum of every BatchNorm's running statistics. The
+BiFPN and heads are built with the paper's 0.01 (TF's decay 0.99, §5.1's 300-epoch schedules):
+over a few hundred fine-tuning steps such statistics still lag far behind the weights, and a
+network that fits its training batches predicts garbage in eval mode (benchmarks/RESULTS.md,
+"Pretrained vs scratch": shapes val mIoU 0.17 → 0.38 at 150 steps from this alone).
+
 ``train.frozen_bn: [backbone]`` keeps the BatchNorm layers of a part in eval mode with fixed
 affine parameters for the whole run — the usual choice when the per-GPU batch is small and
 batch statistics are noise, as detectron2's FrozenBatchNorm does for pretrained backbones.
@@ -54,6 +60,18 @@ def _set_held(bn: nn.Module, held: bool) -> None:
     setattr(bn, _HELD_FLAG, held)
     if held:
         bn.train(False)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> int:
+    """Momentum of every BatchNorm layer's running statistics (PyTorch convention); None = as built.
+
+    Returns the number of layers changed."""
+    if momentum is None:
+        return 0
+    bns = _batch_norms(unwrap(model))
+    for bn in bns:
+        bn.momentum = float(momentum)
+    return len(bns)
 
 
 def _in_part(group_part: str, part: str) -> bool:

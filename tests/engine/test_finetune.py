@@ -63,3 +63,19 @@ def test_held_part_gets_its_own_groups_and_bad_values_are_config_errors(shapes_r
         freeze_batch_norm(model, ["backbone.nope"])
     with pytest.raises(ConfigError, match="unknown model part"):
         FreezeStepsHook(model, {"bakbone": 3})
+
+
+def test_bn_momentum_sets_every_batch_norm_and_is_validated(shapes_root, tmp_path):
+    from torch import nn
+
+    from multitask_edet.engine.finetune import set_bn_momentum
+
+    cfg = _cfg(shapes_root, tmp_path / "m", 1)
+    model = build_model(cfg, {"seg": ["a", "b"]})
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert {m.momentum for m in model.neck.modules() if isinstance(m, nn.BatchNorm2d)} == {0.01}  # as built
+    assert set_bn_momentum(model, None) == 0
+    assert set_bn_momentum(model, 0.1) == len(bns) > 20 and {m.momentum for m in bns} == {0.1}
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="bn_momentum"):
+            _cfg(shapes_root, tmp_path / "x", 1, bn_momentum=bad)
