@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import timm
@@ -209,13 +208,12 @@ def pretrained_source(name: str, pretrained_tag: str | None = None) -> tuple[str
     published for another timm architecture with the same tensors (``tf_efficientnet_b6.aa_in1k``
     for ``efficientnet_b6``, for which timm publishes none). None = timm's default tag.
     """
-    arch = name.split(".")[0]
-    if pretrained_tag and "." in pretrained_tag:
-        cfg = _pretrained_cfg(pretrained_tag)
+    arch, full = name.split(".")[0], _weights_name(name, pretrained_tag)
+    if full.split(".")[0] != arch:  # another architecture's weights
+        cfg = _pretrained_cfg(full)
         if cfg is None or not cfg.hf_hub_id:
             raise ConfigError(f"model.backbone.pretrained_tag {pretrained_tag!r} names no timm weights on the Hugging Face Hub")
         return arch, {"hf_hub_id": cfg.hf_hub_id}
-    full = f"{arch}.{pretrained_tag}" if pretrained_tag else name
     cfg = _pretrained_cfg(full)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         tags = [t.split(".", 1)[1] for t in timm.list_pretrained(arch) if "." in t]
@@ -226,6 +224,13 @@ def pretrained_source(name: str, pretrained_tag: str | None = None) -> tuple[str
             "or set model.backbone.pretrained=false to train from scratch"
         )
     return full, {}
+
+
+def _weights_name(name: str, pretrained_tag: str | None) -> str:
+    """The timm name (``arch.tag``) whose pretrained config describes the weights to load."""
+    if pretrained_tag and "." in pretrained_tag:
+        return pretrained_tag
+    return f"{name.split('.')[0]}.{pretrained_tag}" if pretrained_tag else name
 
 
 def _pretrained_cfg(name: str):
@@ -284,11 +289,12 @@ def _is_offline_miss(e: BaseException) -> bool:
 
 
 def _offline_message(name: str, hub_id: str | None) -> str:
-    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
-    offline = " with HF_HUB_OFFLINE=1" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") else ""
+    from huggingface_hub import constants
+
+    offline = " with HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else ""
     return (
         f"pretrained weights of backbone {name} (Hugging Face Hub {hub_id}, model.safetensors) are not in the "
-        f"Hub cache under {home} and the Hub cannot be reached{offline}: run once with network access, put the file "
+        f"Hub cache {constants.HF_HUB_CACHE} and the Hub cannot be reached{offline}: run once with network access, put the file "
         f"in that cache, pass --set model.backbone.weights=PATH (a timm or efficientnet_pytorch checkpoint), or "
         f"--set model.backbone.pretrained=false to train from scratch knowingly"
     )
@@ -303,11 +309,9 @@ def backbone_input_stats(name: str, pretrained_tag: str | None = None) -> tuple[
     """
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    arch = name.split(".")[0]
-    if not timm.is_model(arch):
+    if not timm.is_model(name.split(".")[0]):
         raise ConfigError(f"backbone {name!r} is not a timm model; see timm.list_models()")
-    full = pretrained_tag if pretrained_tag and "." in pretrained_tag else (f"{arch}.{pretrained_tag}" if pretrained_tag else name)
-    cfg = _pretrained_cfg(full)
+    cfg = _pretrained_cfg(_weights_name(name, pretrained_tag))
     if cfg is None:
         return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
     return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
