@@ -133,7 +133,9 @@ def test_real_recipes_start_from_pretrained_weights_demo_and_smoke_do_not():
         pretrained = cfg.model.backbone.get("pretrained", False)
         if name.startswith(("det-coco-", "seg-voc-", "joint-")):
             assert pretrained is True, name
-        elif name == "det-voc-d0":  # fine-tunes effdet's COCO detector, backbone included
+        elif name in ("det-voc-d0", "finetune-det"):  # fine-tune effdet's COCO detector, backbone included
             assert cfg.model.checkpoint == "effdet:efficientdet_d0" and cfg.model.checkpoint_strict is False
+        elif name == "finetune-seg":
+            assert pretrained is True and cfg.train.bn_momentum == 0.1 and cfg.train.lr_mult == {"backbone": 0.1}
         elif name.startswith(("demo-", "smoke-")):
             assert not pretrained and cfg.model.checkpoint is None, name
