@@ -304,6 +304,8 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
         print(f"training {'+'.join(cfg.tasks)} on {cfg.data.dataset}: {len(data.train)} images, "
               f"{steps_per_epoch} steps/epoch, {max_steps} steps, lr {lr:.4g} at global batch "
               f"{t.batch_size * info.world_size}, device {device}, run folder {run_dir}", flush=True)
+        source = "checkpoint " + cfg.model.checkpoint if cfg.model.checkpoint else unwrap(model).backbone.weights_source
+        print(f"initial weights: {source}", flush=True)
     trainer.train()
     skipped = _report_skipped(trainer, run_dir)
     best = eval_hook.best if eval_hook.best_step >= 0 else None

@@ -33,8 +33,9 @@ def _moved(init, final, prefix):
     return [k for k in keys if not torch.equal(init[k], final[k])], keys
 
 
-def test_freeze_steps_holds_the_backbone_then_releases_it(shapes_root, tmp_path):
+def test_freeze_steps_holds_the_backbone_then_releases_it(shapes_root, tmp_path, capsys):
     init, final = _init_and_final(_cfg(shapes_root, tmp_path / "held", 3, freeze_steps={"backbone": 5}))
+    assert "initial weights: random initialisation (model.backbone.pretrained=false)" in capsys.readouterr().out
     moved, keys = _moved(init, final, "backbone.body.")
     assert keys and not moved  # weights and BN statistics as initialised after 3 of its 5 held steps
     assert _moved(init, final, "neck.")[0]  # while the BiFPN trained
