@@ -56,7 +56,7 @@ ENCODER = "tf_efficientnet_lite0"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Pretrained vs scratch"
 BEFORE = {"lr": 1e-3, "backbone_lr_mult": 1.0, "bn_momentum": None, "weight_decay": 4e-5, "ema_decay": 0.9998, "clip": 10.0,
-          "neck": {}, "seg": {}}
+          "neck": {}, "seg": {}, "backbone": {}}
 
 
 def settings(name: str) -> dict:
@@ -69,7 +69,24 @@ def settings(name: str) -> dict:
     return {"lr": t.lr, "backbone_lr_mult": t.lr_mult.get("backbone", 1.0), "bn_momentum": t.bn_momentum,
             "weight_decay": t.weight_decay, "ema_decay": t.ema_decay, "clip": t.clip_grad_norm,
             # the recipe's trunk widths apply to our model (smp's decoder is smp's)
-            "neck": dict(cfg.model.neck), "seg": dict(cfg.model.seg)}
+            "neck": dict(cfg.model.neck), "seg": dict(cfg.model.seg), "backbone": {}}
+
+
+def apply_overrides(s: dict, items: list[str]) -> dict:
+    """``--set lr=0.01 --set neck.channels=128 --set backbone.drop_path_rate=0`` over a settings dict."""
+    import yaml
+
+    s = copy.deepcopy(s)
+    for item in items:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        d = s
+        for k in parents:
+            d = d[k]
+        if not parents and leaf not in s:
+            raise SystemExit(f"--set {key}: not one of {', '.join(s)}")
+        d[leaf] = yaml.safe_load(value)
+    return s
 
 
 def lite0_weights() -> Path:
@@ -82,12 +99,12 @@ def lite0_weights() -> Path:
 
 
 class Ours(nn.Module):
-    def __init__(self, num_classes: int, weights: str | None, neck: dict, seg: dict, model: str = "efficientdet-d0"):
+    def __init__(self, num_classes: int, weights: str | None, s: dict, model: str = "efficientdet-d0"):
         super().__init__()
         from multitask_edet.models.factory import create_model
 
-        self.net = create_model(model, tasks=("seg",), backbone={"name": ENCODER, "weights": weights}, neck=neck,
-                                seg={**seg, "num_classes": num_classes})
+        self.net = create_model(model, tasks=("seg",), backbone={**s["backbone"], "name": ENCODER, "weights": weights},
+                                neck=s["neck"], seg={**s["seg"], "num_classes": num_classes})
 
     def forward(self, x):
         return self.net(x)["seg"]
@@ -114,7 +131,7 @@ class Smp(nn.Module):
 
 def build_model(kind: str, num_classes: int, weights: str | None, s: dict) -> nn.Module:
     if kind == "ours":
-        return Ours(num_classes, weights, s["neck"], s["seg"])
+        return Ours(num_classes, weights, s)
     if kind.startswith("smp-"):
         return Smp(kind[4:], num_classes, weights)
     raise ValueError(f"unknown model {kind!r}: ours, smp-fpn, smp-deeplabv3plus")
@@ -152,12 +169,27 @@ def miou(model: nn.Module, val, num_classes: int, mean, std, batch: int = 8) -> 
     return float((inter[present] / union[present]).mean())
 
 
+@torch.no_grad()
+def with_recomputed_bn(model: nn.Module, it, n: int, mean, std) -> nn.Module:
+    """A copy whose BN statistics are exact averages over ``n`` training batches (a diagnostic:
+    how much of a score is lost to running statistics that lag behind the weights)."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+    model.train()
+    for _ in range(n):
+        model(normalize(next(it)["images"], mean, std))
+    return model.eval()
+
+
 def train_one(spec: str, args, train, val, num_classes: int) -> dict:
     from timm.utils.model_ema import ModelEmaV3
 
     kind, init, *rest = spec.split(":")
     setting = rest[0] if rest else args.settings
-    s = settings(setting)
+    s = apply_overrides(settings(setting), args.set)
     torch.manual_seed(args.seed)
     model = build_model(kind, num_classes, str(lite0_weights()) if init == "pre" else None, s)
     mean, std = backbone_input_stats(ENCODER)
@@ -186,10 +218,14 @@ def train_one(spec: str, args, train, val, num_classes: int) -> dict:
         if step % args.eval_every == 0 or step == args.steps:
             point = {"step": step, "train_loss": float(np.mean(losses[-args.eval_every:])),
                      "val_mIoU": miou(ema.module, val, num_classes, mean, std)}
+            if args.precise_bn:
+                exact = with_recomputed_bn(ema.module, batches(train, args.batch, args.seed + step), args.precise_bn, mean, std)
+                point["val_mIoU_recomputed_bn"] = miou(exact, val, num_classes, mean, std)
             curve.append(point)
             print(f"  {spec} step {step}: loss {point['train_loss']:.3f}  val mIoU {point['val_mIoU']:.3f}", flush=True)
     seconds = time.perf_counter() - start
-    return {"run": spec, "model": kind, "pretrained": init == "pre", "settings": setting, "steps": args.steps,
+    label = setting + "".join(f", {item}" for item in args.set)
+    return {"run": spec, "model": kind, "pretrained": init == "pre", "settings": label, "steps": args.steps,
             "seconds": seconds, "params": sum(p.numel() for p in model.parameters()), "curve": curve, **curve[-1]}
 
 
@@ -231,7 +267,12 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--settings", default="finetune-seg", help="default settings of runs that name none: before | a recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of every run: lr, backbone_lr_mult, bn_momentum, weight_decay, ema_decay, "
+                   "clip, neck.*, seg.*, backbone.* (ours only: trunk widths, backbone.drop_path_rate)")
     p.add_argument("--runs", default="ours:pre:before,ours:pre,ours:scratch,smp-fpn:pre,smp-fpn:scratch,smp-deeplabv3plus:pre")
+    p.add_argument("--precise-bn", type=int, default=0, metavar="N",
+                   help="also score the EMA weights with BN statistics recomputed over N training batches")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/pretrained_vs_scratch.json")
