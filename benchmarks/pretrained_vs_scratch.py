@@ -231,7 +231,7 @@ def train_one(spec: str, args, train, val, num_classes: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     steps = [p["step"] for p in rows[0]["curve"]]
-    head = "| model | init | settings | params | " + " | ".join(f"mIoU @{s}" for s in steps) + " | train loss (last) | s/step |"
+    head = "| model | init | settings | params | " + " | ".join(f"mIoU @{s}" for s in steps) + " | train loss (last eval window) | s/step |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         curve = " | ".join(f"{p['val_mIoU']:.3f}" for p in r["curve"])
