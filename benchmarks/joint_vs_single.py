@@ -28,7 +28,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch
 
-from multitask_edet.engine.build import run_training
+from multitask_edet.engine.run import run_training
 from multitask_edet.engine.checkpoint import load_weights
 from multitask_edet.engine.config import build_config
 
@@ -68,7 +68,7 @@ def table(rows: list[dict]) -> str:
 
 def write_section(text: str) -> None:
     old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    # the section's heading may carry a suffix, e.g. "## Joint vs single-task (issue 6)"
+    # the section's heading may carry a suffix, e.g. "## Joint vs single-task (shapes)"
     pattern = re.compile(rf"{re.escape(SECTION)}[^\n]*\n.*?(?=\n## |\Z)", re.S)
     new = pattern.sub(lambda _: text.rstrip("\n") + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
     RESULTS.write_text(new.rstrip("\n") + "\n")

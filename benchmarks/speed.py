@@ -62,10 +62,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from multitask_edet.compat.effdet import convert_effdet_state_dict  # noqa: E402
-from multitask_edet.config import DetHeadConfig  # noqa: E402
-from multitask_edet.models.factory import create_model  # noqa: E402
+from multitask_edet.models.factory import build_model_tasks, create_model  # noqa: E402
 from multitask_edet.models.fuse import fuse_for_inference  # noqa: E402
-from multitask_edet.tasks.detection import DetectionTask  # noqa: E402
 
 TOL = 1e-4
 NATIVE_SIZE = {"d0": 512, "d1": 640, "d2": 768}
@@ -140,7 +138,7 @@ def make_batch(batch: int, size: int, num_classes: int, seed: int = 0, boxes_per
         wh = torch.rand(boxes_per_image, 2, generator=g) * size * 0.3 + size / 32
         boxes.append(torch.cat([xy, (xy + wh).clamp(max=size)], 1))
         labels.append(torch.randint(0, num_classes, (boxes_per_image,), generator=g))
-    ours = {"images": images, "boxes": boxes, "labels": labels}
+    ours = {"images": images, "det": [{"boxes": b, "labels": lab} for b, lab in zip(boxes, labels)]}
     # effdet: yxyx boxes, 1-based float classes, -1 padding (all images have the same count)
     ref = {"bbox": torch.stack([b[:, [1, 0, 3, 2]] for b in boxes]), "cls": torch.stack(labels).float() + 1}
     return ours, ref
@@ -248,7 +246,7 @@ def train_fns(ref, ours, batch: dict, ref_target: dict, mode: Mode):
         bench.model = torch.compile(ref_m)
         ours_fwd = torch.compile(ours_m)
     target = {k: v.to(mode.device) for k, v in ref_target.items()}
-    task = DetectionTask(DetHeadConfig(num_classes=ours.heads["det"].num_classes))
+    task = build_model_tasks(ours.config)["det"]
     ours_batch = dict(batch, images=xo)
     opts = {"effdet": _sgd(bench), "ours": _sgd(ours_m)}
 
@@ -269,7 +267,7 @@ def train_fns(ref, ours, batch: dict, ref_target: dict, mode: Mode):
         opts["ours"].step()
         # det_box carries the box weight; effdet's box_loss does not
         return {"total": total.detach(), "cls": losses["det_cls"].detach(),
-                "box": losses["det_box"].detach() / task.loss_cfg.box_loss_weight}
+                "box": losses["det_box"].detach() / task.config.loss.box_loss_weight}
 
     return {"effdet": effdet_step, "ours": ours_step}, models
 
@@ -595,7 +593,7 @@ def run_data(args, log) -> list[Row]:
         write_shapes(d, num_train=args.data_images, num_val=1, image_size=500)
         for tasks in (("det",), ("det", "seg")):
             ds = build_dataset("shapes", d, "train", tasks)
-            ds.transform = train_transforms(args.size or 512, tasks)
+            ds.transform = train_transforms(args.size or 512, ("boxes", "mask") if "seg" in tasks else ("boxes",))
             r = rate(ds, args.data_images, 2)
             rows.append(Row(f"data train {args.size or 512}² ({'+'.join(tasks)})", "pipeline", 1,
                             {"median": 1.0 / r}, extra={"images_per_s": r}))

@@ -55,45 +55,27 @@ def _tasks(text: str) -> list[str]:
 def _recipes() -> str:
     # read the folder directly: importing the engine (torch) would make --help slow
     folder = Path(__file__).parent / "configs"
-    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    return ", ".join(sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_")))
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The nested config updates that the explicit train flags stand for."""
-    o: dict[str, Any] = {}
+    """The nested config updates that the explicit train flags stand for (engine/config.py)."""
+    from .engine.config import experiment_overrides
 
-    def put(path: str, value: Any) -> None:
-        if value is None:
-            return
-        node = o
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-
-    put("tasks", args.task)
-    put("data.dataset", args.dataset)
-    put("data.root", args.data_root)
-    put("data.workers", args.workers)
-    put("data.on_error", args.on_error)
-    put("model.name", args.model)
-    put("model.image_size", args.image_size)
-    put("train.epochs", args.epochs)
-    put("train.max_steps", args.max_steps)
-    put("train.batch_size", args.batch_size)
-    put("train.device", args.device)
-    put("train.amp", args.amp)
-    put("train.seed", args.seed)
-    put("output", args.output)
-    return o
+    return experiment_overrides(
+        tasks=args.task, dataset=args.dataset, data_root=args.data_root, workers=args.workers, on_error=args.on_error,
+        model=args.model, image_size=args.image_size, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, device=args.device, amp=args.amp, seed=args.seed, output=args.output,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- commands
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config_utils import parse_overrides
-    from .engine.build import load_resume_config, run_training
+    from .engine.builders import load_resume_config
     from .engine.config import build_config, deep_merge
+    from .engine.run import run_training
 
     overrides = _train_overrides(args)
     resume = None
@@ -129,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config_utils import parse_overrides
-    from .engine.evaluate import run_evaluation
+    from .engine.commands import run_evaluation
 
     run_evaluation(
         args.checkpoint, dataset=args.dataset, split=args.split, root=args.data_root, batch_size=args.batch_size,
@@ -140,27 +122,66 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
     from .engine.predict import run_prediction
 
     records = run_prediction(
         args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, device=args.device,
-        score_threshold=args.score_threshold, overlays=not args.no_overlay,
+        score_threshold=args.score_threshold, overlays=not args.no_overlay, overrides=parse_overrides(args.set),
     )  # fmt: skip
     print(f"wrote predictions for {len(records)} image(s) to {args.out}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
+
+    if args.format == "pt2":
+        return _export_program(args)
     from .engine.export import export_onnx
 
     desc = export_onnx(
-        args.checkpoint, args.out, image_size=args.image_size, batch_size=args.batch_size,
-        dynamic_batch=args.dynamic_batch, opset=args.opset, check=not args.no_check,
+        args.checkpoint, args.out, end_to_end=args.end_to_end, image_size=args.image_size,
+        batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
+        opset=args.opset, check=not args.no_check, overrides=parse_overrides(args.set),
     )  # fmt: skip
     out = Path(args.out).with_suffix(".onnx")
-    print(f"wrote {out}, {out.with_suffix('.json')}" + (f", {out.with_suffix('.anchors.npy')}" if "det" in desc else ""))
+    arrays = [v for task in desc["tasks"].values() for k, v in task.items() if k.endswith("_file")]
+    print(f"wrote {out}, {out.with_suffix('.json')}" + "".join(f", {out.parent / a}" for a in arrays))
+    if args.end_to_end:
+        print("inputs: " + ", ".join(f"{n} {v['dtype']} {v['shape']}" for n, v in desc["inputs"].items()))
+        print("outputs: " + ", ".join(f"{n} {v['dtype']} {v['shape']}" for n, v in desc["outputs"].items()))
     if "max_abs_diff" in desc:
         print(f"onnxruntime vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
+    for task, figures in desc.get("check", {}).items():
+        print(f"onnxruntime vs PyTorch, {task}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .engine.builders import load_for_inference
+    from .hub import push
+
+    trained = load_for_inference(args.source)
+    url = push(trained.model, args.repo_id, private=args.private or None, token=args.token,
+               commit_message=args.message or f"Upload {args.source} with mtedet push")
+    print(f"pushed {args.source} (config.json, model.safetensors, README.md) to {args.repo_id}: {url}")
+    return 0
+
+
+def _export_program(args: argparse.Namespace) -> int:
+    from .config_utils import parse_overrides
+    from .engine.export_program import export_program
+
+    if args.end_to_end:
+        raise ConfigError("--end-to-end exports to ONNX only (torch.export cannot capture NMS: torchvision's batched_nms "
+                          "branches on a data-dependent size); drop --end-to-end or use --format onnx")
+    desc = export_program(args.checkpoint, args.out, image_size=args.image_size, dynamic_size=args.dynamic_size,
+                          check=not args.no_check, overrides=parse_overrides(args.set))
+    out = Path(args.out).with_suffix(".pt2")
+    print(f"wrote {out}, {out.with_suffix('.json')}; load it with torch.export.load('{out}').module()")
+    if "max_abs_diff" in desc:
+        print(f"loaded program vs PyTorch: max abs diff {desc['max_abs_diff']:.3g}")
     return 0
 
 
@@ -180,9 +201,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .compat.effdet import convert_effdet_checkpoint
+    from .models.factory import convert_effdet_file
 
-    sd = convert_effdet_checkpoint(args.src, args.dst, args.model)
+    sd = convert_effdet_file(args.src, args.dst, args.model)
     print(f"wrote {args.dst} ({len(sd)} tensors) for {args.model}")
     return 0
 
@@ -196,11 +217,16 @@ def cmd_convert_backbone(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
+    from .datasets import DATASETS
     from .datasets.check import check_dataset, format_report
 
-    tasks = args.task or ("det" if args.dataset in ("voc2007", "voc0712") else "det,seg")
+    try:
+        entry = DATASETS.get(args.dataset)
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
+    annotations = args.annotations or entry.annotations()
     splits = args.split or ("train", "val")
-    report = check_dataset(args.dataset, args.data_root, splits=splits, tasks=tasks, workers=args.workers)
+    report = check_dataset(args.dataset, args.data_root, splits=splits, annotations=annotations, workers=args.workers)
     print(format_report(report, max_problems=args.max_problems))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
@@ -249,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics.jsonl, TensorBoard events, last.pt/best.pt and model.safetensors go to the run folder.",
         epilog=EPILOG_TRAIN.format(recipes=_recipes()), formatter_class=fmt,
     )  # fmt: skip
-    t.add_argument("--task", type=_tasks, metavar="TASKS", help="det, seg or det,seg (default: the recipe's; det)")
+    t.add_argument("--task", type=_tasks, metavar="TASKS",
+                   help="det, seg, det,seg or tasks of the recipe, e.g. det,drivable,lane (default: the recipe's; det)")
     t.add_argument("--dataset", help="coco, voc2012, voc2007, voc0712, shapes, or A+B for one dataset per task "
                    "(e.g. coco+voc2012 with --task det,seg)")
     t.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: $MTEDET_DATA, then ./data)")
@@ -282,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run's dataset, or on another dataset/split with the same classes. Prints the AP table (det; COCO or VOC protocol) and the "
         "per-class IoU table (seg); writes metrics.json, precision-recall curves (det) and a confusion matrix (seg).",
     )  # fmt: skip
-    e.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    e.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
     e.add_argument("--dataset", help="dataset to evaluate on (default: the run's)")
     e.add_argument("--split", help="split (default: the run's val split)")
     e.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (default: the run's, $MTEDET_DATA, ./data)")
@@ -302,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "names and scores; classes of the mask), <name>_mask.png (class indices as a palette PNG) and "
         "<name>_overlay.png (coloured mask, boxes and labels).",
     )  # fmt: skip
-    pr.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
+    pr.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
     pr.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders of images")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
     pr.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per forward pass (default 4)")
@@ -310,31 +337,60 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--score-threshold", type=float, default=0.3, metavar="S",
                     help="keep detections scoring at least S (default 0.3)")
     pr.add_argument("--no-overlay", action="store_true", help="do not draw overlay pictures")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change inference options, e.g. --set seg.flip_test=true --set det.postprocess.nms=soft_nms")
     pr.set_defaults(func=cmd_predict)
 
     # -- export
     ex = sub.add_parser(
-        "export", help="export to ONNX: raw head outputs (no NMS), anchors, a JSON of what outputs mean",
-        description="Export the network's raw outputs to ONNX (no NMS in the graph), with OUT.anchors.npy (the "
-        "anchors in the order of the flattened detection outputs) and OUT.json (input normalisation, output "
-        "meaning, box decoding, class names). The export is checked against PyTorch with onnxruntime.",
+        "export", help="export to ONNX: end-to-end (image in, boxes and masks out) or raw head outputs",
+        description="Export to ONNX. Default (raw): the network's raw outputs, no NMS in the graph, with "
+        "OUT.det.anchors.npy (the anchors in the order of the flattened detection outputs) and OUT.json (input "
+        "normalisation, output meaning, box decoding, class names). --end-to-end: one graph from letterboxed uint8 "
+        "images and their original sizes to predictions, normalisation, box decoding, per-class NMS "
+        "(NonMaxSuppression) and top-k inside: boxes/scores/labels/num_detections per detection task (boxes in "
+        "original pixels) and a class-index mask at the input size per segmentation task; OUT.json says how to "
+        "letterbox. The export is checked against PyTorch with onnxruntime.",
     )  # fmt: skip
-    ex.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt, best.pt or model.safetensors")
-    ex.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
-    ex.add_argument("out", metavar="OUT", help="output file (.onnx)")
+    ex.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
+    ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
+                    help="onnx (default) or pt2: the network as a torch.export ExportedProgram (torch.export.save)")
+    ex.add_argument("out", metavar="OUT", help="output file (.onnx or .pt2)")
     ex.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the run's)")
     ex.add_argument("--batch-size", type=int, default=1, metavar="N", help="batch size of the exported graph (default 1)")
-    ex.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
+    ex.add_argument("--end-to-end", action="store_true",
+                    help="image in, predictions out: normalisation, decoding, NMS and top-k inside the graph")
+    ex.add_argument("--dynamic-batch", action="store_true", help="raw export: make the batch dimension dynamic "
+                    "(always dynamic end-to-end)")
+    ex.add_argument("--dynamic-size", action="store_true",
+                    help="end-to-end ONNX or pt2: accept any input height/width that is a multiple of 2**max_level")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change post-processing baked into an end-to-end graph, e.g. --set det.postprocess.score_threshold=0.3")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     ex.set_defaults(func=cmd_export)
+
+    # -- push
+    pu = sub.add_parser(
+        "push", help="share a model on the Hugging Face Hub (config.json, model.safetensors, model card)",
+        description="Upload a model to a Hugging Face Hub repository (created if needed) as a pretrained folder: "
+        "config.json, model.safetensors and a README.md model card with the run's evaluation metrics. Anyone then "
+        "loads it with multitask_edet.from_pretrained(REPO_ID) or `mtedet predict --checkpoint REPO_ID`. Needs a "
+        "token (`hf auth login`, $HF_TOKEN or --token).",
+    )  # fmt: skip
+    pu.add_argument("source", metavar="SOURCE", help="a run folder, checkpoint, or save_pretrained folder")
+    pu.add_argument("repo_id", metavar="REPO_ID", help="owner/name of the Hub repository")
+    pu.add_argument("--private", action="store_true", help="create the repository as private")
+    pu.add_argument("--token", help="Hub token (default: the one `hf auth login` stored, or $HF_TOKEN)")
+    pu.add_argument("--message", metavar="TEXT", help="commit message")
+    pu.set_defaults(func=cmd_push)
 
     # -- info
     i = sub.add_parser("info", help="parameters (per part) and GMACs of a model variant",
                        description="Parameters (total, backbone, neck, each head) and multiply-adds (GMACs, one image) "
                        "of a named model at its native or a given input size.")
     i.add_argument("model", metavar="MODEL", help="a variant, e.g. efficientdet-d0 … efficientdet-d7x, efficientdet-d4-seg")
-    i.add_argument("--tasks", default="det", metavar="TASKS", help="heads to attach: det, seg or det,seg (default det)")
+    i.add_argument("--tasks", metavar="TASKS", help="heads to attach: det, seg or det,seg (default: the variant's)")
     i.add_argument("--num-classes", type=int, metavar="N", help="classes of every head (default: the variant's)")
     i.add_argument("--image-size", type=_image_size, metavar="N|HxW", help="input size (default: the variant's native)")
     i.add_argument("--json", action="store_true", help="print one JSON object (params, gmacs, params_per_part, ...)")
@@ -372,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--dataset", required=True, help="coco, voc2012, voc2007, voc0712, shapes, ...")
     dc.add_argument("--data-root", metavar="DIR", help="folder holding the dataset (default: $MTEDET_DATA, then ./data)")
     dc.add_argument("--split", action="append", metavar="SPLIT", help="split to check (repeatable; default train and val)")
-    dc.add_argument("--task", metavar="TASKS",
-                    help="annotations to check: det, seg or det,seg (default det,seg; det for voc2007/voc0712)")
+    dc.add_argument("--annotations", "--task", dest="annotations", metavar="NAMES",
+                    help="annotations to check, e.g. det, seg or det,seg (default: every annotation the dataset "
+                    "supplies; det for voc2007/voc0712)")
     dc.add_argument("--workers", type=int, default=0, metavar="N", help="loader worker processes (default 0)")
     dc.add_argument("--max-problems", type=int, default=200, metavar="N", help="print at most N problems (default 200)")
     dc.add_argument("--json", metavar="FILE", help="also write the report as JSON")

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .config_utils import merge
-from .errors import ConfigError
 from .registry import Registry
 
 
@@ -39,33 +38,8 @@ class NeckConfig:
     #: None → derived from the heads attached (det only → 3; det + seg → 2)
     min_level: int | None = None
     max_level: int = 7
-    separable: bool = True
     #: "pytorch" = symmetric padding (fast); "same" = TF SAME (exact for TF-trained weights)
     padding: Literal["pytorch", "same"] = "pytorch"
-
-
-@dataclass(frozen=True)
-class DetHeadConfig:
-    num_classes: int = 90
-    repeats: int = 3
-    levels: tuple[int, ...] = (3, 4, 5, 6, 7)
-    anchor_scale: float = 4.0
-    num_scales: int = 3
-    aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
-    prior_prob: float = 0.01
-
-    @property
-    def num_anchors(self) -> int:
-        return self.num_scales * len(self.aspect_ratios)
-
-
-@dataclass(frozen=True)
-class SegHeadConfig:
-    num_classes: int = 21
-    #: None → the BiFPN width
-    channels: int | None = None
-    repeats: int = 3
-    level: int = 2
 
 
 @dataclass(frozen=True)
@@ -73,12 +47,18 @@ class ModelConfig:
     name: str = "custom"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
-    det: DetHeadConfig = field(default_factory=DetHeadConfig)
-    seg: SegHeadConfig = field(default_factory=SegHeadConfig)
     #: native input size (H, W); any size divisible by 2**max_level works
     image_size: tuple[int, int] = (512, 512)
-    #: heads built by default (create_model(tasks=...) overrides)
-    tasks: tuple[str, ...] = ("det",)
+    #: the heads built by default: task name → its options (``type`` and the fields of the
+    #: task type's Config, tasks/base.py); ``create_model(tasks=...)`` replaces them
+    tasks: dict[str, dict[str, Any]] = field(default_factory=lambda: {"det": {}})
+    #: this variant's options per task *type*, under every task's own options (D3's
+    #: detection head has 4 repeats whatever the task is called)
+    task_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: input normalisation, per RGB channel on the 0–1 scale; None = the backbone's
+    #: pretrained config (ImageNet statistics for EfficientNets, 0.5 for the *_lite* ones)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
 
 MODEL_CONFIGS: Registry[ModelConfig] = Registry("model")
@@ -154,13 +134,15 @@ def _efficientdet(variant: str, tf: bool) -> ModelConfig:
             max_level=max_level,
             padding="same" if tf else "pytorch",
         ),
-        det=DetHeadConfig(
-            repeats=head_depth,
-            levels=tuple(range(3, max_level + 1)),
-            anchor_scale=5.0 if variant == "d7" else 4.0,
-        ),
+        tasks={"det": {}},
+        task_defaults={
+            "det": {
+                "repeats": head_depth,
+                "levels": tuple(range(3, max_level + 1)),
+                "anchor_scale": 5.0 if variant == "d7" else 4.0,
+            }
+        },
         image_size=(size, size),
-        tasks=("det",),
     )
 
 
@@ -176,11 +158,11 @@ register_model_config(
         name="efficientdet-d4-seg",
         backbone=BackboneConfig(name="efficientnet_b4", pretrained_tag=PRETRAINED_TAGS["efficientnet_b4"], drop_path_rate=0.2),
         neck=NeckConfig(channels=128, repeats=3, fusion="fast", min_level=2, max_level=7),
-        seg=SegHeadConfig(num_classes=21, channels=256, repeats=3, level=2),
-        det=DetHeadConfig(num_classes=20, repeats=3),
+        tasks={"seg": {}},
+        task_defaults={"seg": {"num_classes": 21, "channels": 256, "repeats": 3, "level": 2},
+                       "det": {"num_classes": 20, "repeats": 3}},
         # The usual VOC crop; the paper's 18B FLOPs correspond to a 640×640 input.
         image_size=(512, 512),
-        tasks=("seg",),
     )
 )
 
@@ -189,13 +171,12 @@ _TEST = ModelConfig(
     name="test-efficientdet",
     backbone=BackboneConfig(name="test_efficientnet", drop_path_rate=0.0),
     neck=NeckConfig(channels=16, repeats=2),
-    det=DetHeadConfig(num_classes=5, repeats=2),
-    seg=SegHeadConfig(num_classes=3, channels=16, repeats=1),
+    tasks={"det": {}},
+    task_defaults={"det": {"num_classes": 5, "repeats": 2}, "seg": {"num_classes": 3, "channels": 16, "repeats": 1}},
     image_size=(128, 128),
-    tasks=("det",),
 )
 register_model_config(_TEST)
-register_model_config(dataclasses.replace(_TEST, name="test-efficientdet-seg", tasks=("det", "seg")))
+register_model_config(dataclasses.replace(_TEST, name="test-efficientdet-seg", tasks={"det": {}, "seg": {}}))
 register_model_config(
     dataclasses.replace(_TEST, name="tf_test-efficientdet", neck=dataclasses.replace(_TEST.neck, padding="same"))
 )

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ConfigError
 
 RECIPE = "demo-shapes"
-#: what the demo promises on the shapes val split (issue 6 acceptance)
+#: what the demo promises on the shapes val split
 TARGETS = {"det/AP50": 0.8, "seg/mIoU": 0.8}
 MARKER = "demo.json"
 OVERLAY_IMAGES = 4
@@ -105,10 +105,11 @@ def _run_demo(output: str | Path, device: str, max_steps: int | None) -> dict[st
     import torch
 
     from .datasets.sample import ensure_shapes
-    from .engine.build import build_data, build_model, build_tasks, load_trained, run_training, seed_everything
+    from .engine.builders import build_data, build_model, build_tasks, load_trained, seed_everything
     from .engine.distributed import env_dist_info, resolve_device
     from .engine.evaluate import evaluate
     from .engine.predict import run_prediction
+    from .engine.run import run_training
 
     t_start = time.perf_counter()
     out = Path(output)
@@ -127,7 +128,7 @@ def _run_demo(output: str | Path, device: str, max_steps: int | None) -> dict[st
     seed_everything(cfg.train.seed)
     data = build_data(cfg)
     model = build_model(cfg, data.class_names).to(dev)
-    tasks = build_tasks(cfg, model, data.class_names)
+    tasks = build_tasks(model, data.class_names)
     t = time.perf_counter()
     untrained, _ = evaluate(model, tasks, data.eval_sets, device=dev, batch_size=cfg.eval.batch_size or cfg.train.batch_size)
     before = _headline(untrained)

@@ -5,7 +5,7 @@ valid ones, and a duplicate registration is refused instead of silently replacin
 """
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 

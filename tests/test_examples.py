@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = ("examples/joint_api.py", "examples/custom_head.py")
+EXAMPLES = ("examples/joint_api.py", "examples/custom_head.py", "examples/onnx_deploy.py")
 BLOCK = re.compile(r"<!-- example: (examples/[\w./-]+\.py) -->\s*```python\n(.*?)```", re.S)
 
 
@@ -35,11 +35,11 @@ def test_readme_example_blocks_equal_the_files():
         assert code == (REPO / path).read_text(), f"README block of {path} differs from the file"
 
 
-def run_example(path: str, workdir: Path, cache: Path) -> str:
+def run_example(path: str, workdir: Path, cache: Path, *args: str) -> str:
     env = dict(os.environ, MTEDET_CACHE=str(cache), OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1",
                HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, str(REPO / path)], cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run([sys.executable, str(REPO / path), *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 0, f"{path} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -82,3 +82,26 @@ def test_custom_head_example_runs(tmp_path, cache):
     metrics = (run / "metrics.jsonl").read_text()
     assert '"loss/centres/focal"' in metrics and '"weight/centres"' in metrics
     assert "centres: F1" in out  # the custom evaluator's report is printed with the det table
+
+
+def test_onnx_deploy_example_draws_an_end_to_end_export_on_a_jpeg(tmp_path, cache):
+    import numpy as np
+    from PIL import Image
+
+    import multitask_edet as mt
+    from multitask_edet.engine.export import export_onnx
+
+    names = {"det": ["circle", "square", "triangle", "star", "cross"], "seg": ["background", "shape", "edge"]}
+    mt.create_model("test-efficientdet-seg", class_names=names).save_pretrained(tmp_path / "model")
+    export_onnx(tmp_path / "model", tmp_path / "model.onnx", end_to_end=True)
+    rng = np.random.default_rng(0)
+    photo = (rng.random((90, 160, 3)) * 255).astype(np.uint8)  # wider than tall: letterboxed with padding
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=95)
+    printed = run_example("examples/onnx_deploy.py", tmp_path, cache, "model.onnx", "photo.jpg", "out.png")
+    assert "det_boxes (100, 4)" in printed and "seg_mask (128, 128)" in printed
+    with Image.open(tmp_path / "photo.jpg") as src, Image.open(tmp_path / "out.png") as drawn:
+        assert drawn.size == src.size == (160, 90)
+        changed = np.abs(np.asarray(drawn, dtype=int) - np.asarray(src, dtype=int)).sum(-1) > 0
+    assert changed.mean() > 0.5  # the mask is blended over the whole photo, boxes drawn on it
+    red = (np.asarray(Image.open(tmp_path / "out.png"))[..., :3] == (255, 0, 0)).all(-1)
+    assert red.sum() > 100  # box outlines

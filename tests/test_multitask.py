@@ -225,17 +225,23 @@ def test_absent_task_head_unchanged_under_momentum_and_weight_decay():
 # mixed datasets
 # --------------------------------------------------------------------------------------
 class _ListDataset(torch.utils.data.Dataset):
-    def __init__(self, n, task, classes):
+    """A source that, like every adapter, loads only the annotation it was asked for."""
+
+    def __init__(self, n, task, kind, classes):
         self.n, self.task = n, task
+        self.annotations = {task: kind}
         self.class_names = {task: classes}
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, i):
-        s = {"image": torch.zeros(3, 4, 4, dtype=torch.uint8), "boxes": torch.zeros(1, 4),
-             "labels": torch.zeros(1, dtype=torch.long), "ignore": torch.zeros(1, dtype=torch.bool),
-             "mask": torch.zeros(4, 4, dtype=torch.long), "meta": {"i": i, "src": self.task}}
+        s = {"image": torch.zeros(3, 4, 4, dtype=torch.uint8), "meta": {"i": i, "src": self.task}}
+        if self.annotations[self.task] == "boxes":
+            s[self.task] = {"boxes": torch.zeros(1, 4), "labels": torch.zeros(1, dtype=torch.long),
+                            "ignore": torch.zeros(1, dtype=torch.bool)}
+        else:
+            s[self.task] = torch.zeros(4, 4, dtype=torch.long)
         return s
 
 
@@ -247,12 +253,13 @@ def test_interleave_schedule_ratio_is_exact():
     assert interleave_schedule([1, 0], 5) == [0] * 5
 
 
-def test_mixed_dataset_strips_other_tasks_labels_and_keeps_class_sets():
-    ds = MixedDataset({"det": _ListDataset(5, "det", ["a", "b"]), "seg": _ListDataset(3, "seg", ["bg", "x"])})
+def test_mixed_dataset_indexes_its_sources_and_keeps_class_sets():
+    ds = MixedDataset({"det": _ListDataset(5, "det", "boxes", ["a", "b"]), "seg": _ListDataset(3, "seg", "mask", ["bg", "x"])})
     assert len(ds) == 8 and ds.class_names == {"det": ["a", "b"], "seg": ["bg", "x"]}
+    assert ds.annotations == {"det": "boxes", "seg": "mask"}
     det_sample, seg_sample = ds[4], ds[5]
-    assert "mask" not in det_sample and "boxes" in det_sample and det_sample["meta"]["src"] == "det"
-    assert "boxes" not in seg_sample and "labels" not in seg_sample and "mask" in seg_sample
+    assert "seg" not in det_sample and "det" in det_sample and det_sample["meta"]["src"] == "det"
+    assert "det" not in seg_sample and "seg" in seg_sample
     assert seg_sample["meta"]["i"] == 0
 
 
@@ -305,23 +312,19 @@ def joint_parts(tmp_path_factory):
     from multitask_edet.datasets.transforms import train_transforms
 
     root = write_shapes(tmp_path_factory.mktemp("shapes"), num_train=4, num_val=1, image_size=64)
-    ds = build_dataset("shapes", root, "train", ("det", "seg"), train_transforms(64, ("det", "seg"), scale_range=(1, 1)))
+    ds = build_dataset("shapes", root, "train", ("det", "seg"), train_transforms(64, ("boxes", "mask"), scale_range=(1, 1)))
     return ds.class_names, collate([ds[i] for i in range(4)])
 
 
 def _joint_trainer(class_names, freeze=(), momentum=0.9, weight_decay=1e-2, weighting="fixed"):
     from multitask_edet.engine.trainer import Trainer
-    from multitask_edet.models.factory import create_model
-    from multitask_edet.tasks.detection import DetectionTask
-    from multitask_edet.tasks.segmentation import SegmentationTask
+    from multitask_edet.models.factory import build_model_tasks, create_model
 
     torch.manual_seed(0)
     model = create_model("test-efficientdet", tasks=("det", "seg"), image_size=(64, 64), neck={"max_level": 5},
                          det={"num_classes": len(class_names["det"]), "levels": (3, 4, 5)},
                          seg={"num_classes": len(class_names["seg"])})
-    mc = model.config
-    tasks = {"det": DetectionTask(mc.det, class_names=class_names["det"]),
-             "seg": SegmentationTask(mc.seg, class_names=class_names["seg"])}
+    tasks = build_model_tasks(model.config, class_names)
     apply_freeze(model, freeze)
     loss_tasks = [t for t in tasks if t not in frozen_tasks(model, freeze)]
     w = build_weighting(weighting, loss_tasks)
@@ -343,7 +346,7 @@ def test_batch_without_seg_labels_leaves_seg_head_bit_identical(joint_parts, wei
     det_before = _snapshot(model.heads["det"])
     log_var = trainer.weighting.log_vars["seg"].detach().clone() if weighting == "uncertainty" else None
     for _ in range(2):
-        trainer.run_step(_without(batch, ("mask",)))
+        trainer.run_step(_without(batch, ("seg",)))
     assert "loss/seg" not in trainer.step_metrics and "weight/det" in trainer.step_metrics
     after = model.heads["seg"].state_dict()
     assert all(torch.equal(seg_before[k], after[k]) for k in seg_before)

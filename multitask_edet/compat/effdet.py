@@ -14,10 +14,12 @@ Name map (r = BiFPN repeat, i = node, j = position of an input in the node, k = 
                                                    → ``neck.layers.r.nodes.i.inputs.j.proj.{conv,bn}``
 - ``fpn.cell.r.fnode.i.combine.edge_weights``      → ``neck.layers.r.nodes.i.fuse.weight``
 - ``fpn.cell.r.fnode.i.after_combine.conv.*``      → ``neck.layers.r.nodes.i.conv.*``
-- ``{class,box}_net.conv_rep.k.*``                 → ``heads.det.{cls,box}_net.convs.k.*``
-- ``{class,box}_net.bn_rep.k.level.bn.*``          → ``heads.det.{cls,box}_net.bns.level.k.*``
+- ``{class,box}_net.conv_rep.k.*``                 → ``heads.<det>.{cls,box}_net.convs.k.*``
+- ``{class,box}_net.bn_rep.k.level.bn.*``          → ``heads.<det>.{cls,box}_net.bns.level.k.*``
   (or ``bn_rep.level.k.*`` after effdet's ``toggle_head_bn_level_first``)
-- ``{class,box}_net.predict.*``                    → ``heads.det.{cls,box}_net.predict.*``
+- ``{class,box}_net.predict.*``                    → ``heads.<det>.{cls,box}_net.predict.*``
+
+(``<det>``: the model's detection task, ``det`` unless it is named otherwise)
 
 effdet's ``efficientdet_d4``/``_d5`` use TF SAME padding in the BiFPN and heads with a
 PyTorch-padded backbone: for identical outputs build ours with ``neck={"padding": "same"}``.
@@ -30,9 +32,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import MODEL_CONFIGS, ModelConfig
+from ..config import MODEL_CONFIGS
 from ..errors import CheckpointError, ConfigError
-from ..models.backbone import key_report, read_state_dict
+from ..state_dict import key_report, read_state_dict
 
 _EFFDET_PREFIXES = ("fpn.cell.", "class_net.", "box_net.")
 _NET = {"class": "cls_net", "box": "box_net"}
@@ -59,33 +61,19 @@ def effdet_num_classes(sd: dict[str, torch.Tensor], num_anchors: int = 9) -> int
     return w.shape[0] // num_anchors
 
 
-def _target(model_or_name: nn.Module | str | ModelConfig, sd) -> nn.Module:
-    """Our model to convert into (built on the meta device when given by name: no memory)."""
-    if isinstance(model_or_name, nn.Module):
-        return model_or_name
-    from ..models.factory import create_model
+def convert_effdet_state_dict(sd: dict[str, torch.Tensor], model: nn.Module, head: str = "det") -> dict[str, torch.Tensor]:
+    """Rename (and fold redundant biases of) an effdet detector state dict for ``model``.
 
-    cfg = model_or_name if isinstance(model_or_name, ModelConfig) else resolve_model_name(model_or_name)
-    with torch.device("meta"):
-        return create_model(cfg, tasks=("det",), det={"num_classes": effdet_num_classes(sd)})
-
-
-def convert_effdet_state_dict(
-    sd: dict[str, torch.Tensor], model_name: str | ModelConfig | nn.Module
-) -> dict[str, torch.Tensor]:
-    """Rename (and fold redundant biases of) an effdet detector state dict for our model.
-
-    ``model_name``: our variant (``tf_efficientdet-d0``), effdet's (``tf_efficientdet_d0``),
-    a ModelConfig, or the model itself. Raises CheckpointError listing any missing or
+    ``model`` is our model to convert into (it may live on the meta device: only its structure
+    is read); ``head`` names its detection task. Raises CheckpointError listing any missing or
     unexpected keys and shape mismatches.
     """
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    model = _target(model_name, sd)
-    if "det" not in model.heads:
-        raise CheckpointError("an effdet checkpoint holds a detector: convert into a model with the 'det' task")
+    if head not in model.heads:
+        raise CheckpointError(f"an effdet checkpoint holds a detector: the model has no task {head!r} to convert into")
     n_body = len(model.backbone.levels) - len(model.backbone.extra)
     nodes = model.neck.topology
-    n_levels = len(model.heads["det"].levels)
+    n_levels = len(model.heads[head].levels)
 
     out: dict[str, torch.Tensor] = {}
     folds: list[tuple[str, torch.Tensor]] = []  # (our BN prefix, bias to fold into its mean)
@@ -98,7 +86,7 @@ def convert_effdet_state_dict(
 
     for key, value in sd.items():
         try:
-            new = _rename(key, value, n_body, n_levels, fpn_input, folds)
+            new = _rename(key, value, n_body, n_levels, fpn_input, folds, f"heads.{head}")
         except KeyError:
             new = None
         if new is None:
@@ -121,14 +109,14 @@ def convert_effdet_state_dict(
     if missing or unexpected or wrong or missing_bn:
         raise CheckpointError(
             f"effdet state dict does not fit {getattr(model.config, 'name', 'the model')} "
-            f"(check the variant and det.num_classes): {key_report(missing, unexpected)}"
+            f"(check the variant and the detection task's num_classes): {key_report(missing, unexpected)}"
             + (f"; shape mismatches (checkpoint vs model): {', '.join(wrong[:10])}" if wrong else "")
             + (f"; no BN to fold a bias into: {', '.join(missing_bn[:10])}" if missing_bn else "")
         )
     return out
 
 
-def _rename(key, value, n_body, n_levels, fpn_input, folds):
+def _rename(key, value, n_body, n_levels, fpn_input, folds, head):
     """Our name for ``key``; "" if it is a bias folded into a BN (noted in ``folds``); None if unknown."""
     if key.startswith("backbone."):
         return "backbone.body." + key[len("backbone."):]
@@ -158,7 +146,7 @@ def _rename(key, value, n_body, n_levels, fpn_input, folds):
 
     m = re.fullmatch(r"(class|box)_net\.conv_rep\.(\d+)\.(conv_dw|conv_pw)\.(\w+)", key)
     if m:
-        net, k = f"heads.det.{_NET[m[1]]}", int(m[2])
+        net, k = f"{head}.{_NET[m[1]]}", int(m[2])
         if m[3] == "conv_pw" and m[4] == "bias":
             # one shared conv, one BN per level: the bias goes into each level's BN
             folds.extend((f"{net}.bns.{level}.{k}", value) for level in range(n_levels))
@@ -167,14 +155,14 @@ def _rename(key, value, n_body, n_levels, fpn_input, folds):
 
     m = re.fullmatch(r"(class|box)_net\.bn_rep\.(\d+)\.(\d+)\.bn\.(\w+)", key)  # repeat first
     if m:
-        return f"heads.det.{_NET[m[1]]}.bns.{m[3]}.{m[2]}.{m[4]}"
+        return f"{head}.{_NET[m[1]]}.bns.{m[3]}.{m[2]}.{m[4]}"
     m = re.fullmatch(r"(class|box)_net\.bn_rep\.(\d+)\.(\d+)\.(\w+)", key)  # level first
     if m:
-        return f"heads.det.{_NET[m[1]]}.bns.{m[2]}.{m[3]}.{m[4]}"
+        return f"{head}.{_NET[m[1]]}.bns.{m[2]}.{m[3]}.{m[4]}"
 
     m = re.fullmatch(r"(class|box)_net\.predict\.(conv_dw|conv_pw)\.(\w+)", key)
     if m:
-        return f"heads.det.{_NET[m[1]]}.predict.{m[2]}.{m[3]}"
+        return f"{head}.{_NET[m[1]]}.predict.{m[2]}.{m[3]}"
     return None
 
 
@@ -185,18 +173,17 @@ def _conv_bn(key, base, part, leaf, value, folds):
     return f"{base}.{part}.{leaf}"
 
 
-def convert_effdet_checkpoint(src: str | Path, dst: str | Path, model_name: str) -> dict[str, torch.Tensor]:
-    """Read an effdet checkpoint, convert it for ``model_name`` and write safetensors to ``dst``."""
+def convert_effdet_checkpoint(src: str | Path, dst: str | Path, model: nn.Module, head: str = "det") -> dict[str, torch.Tensor]:
+    """Read an effdet checkpoint, convert it into ``model``'s layout and write safetensors to ``dst``."""
     from safetensors.torch import save_file
 
     sd = read_state_dict(src)
     if not is_effdet_state_dict(sd):
         raise CheckpointError(f"{src} is not an effdet detector checkpoint (no fpn.cell.* / class_net.* keys)")
-    name = resolve_model_name(model_name) if isinstance(model_name, str) else model_name
-    out = convert_effdet_state_dict(sd, name)
+    out = convert_effdet_state_dict(sd, model, head)
     out = {k: v.detach().contiguous().clone() for k, v in out.items()}
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "multitask_edet", "model": str(name), "source": f"effdet:{Path(src).name}"}
+    meta = {"format": "multitask_edet", "model": str(getattr(model.config, "name", "")), "source": f"effdet:{Path(src).name}"}
     save_file(out, str(dst), metadata=meta)
     return out

@@ -20,7 +20,7 @@ from urllib.error import URLError
 import torch
 
 from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
-from ..models.backbone import unwrap_state_dict
+from ..state_dict import unwrap_state_dict
 
 _RELEASE = "https://github.com/rwightman/efficientdet-pytorch/releases/download/v0.1/"
 #: torch.hub's rule: the hash prefix is the last "-<hex>" before the extension

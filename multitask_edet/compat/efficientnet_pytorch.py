@@ -146,7 +146,7 @@ def convert_efficientnet_pytorch_file(src: str | Path, dst: str | Path, backbone
     """Convert ``src`` (efficientnet_pytorch / smp naming) for timm ``backbone``; write safetensors ``dst``."""
     from safetensors.torch import save_file
 
-    from ..models.backbone import read_state_dict
+    from ..state_dict import read_state_dict
 
     sd = read_state_dict(src)
     if not is_efficientnet_pytorch_state_dict(sd):

@@ -3,11 +3,11 @@
 Built-in names: ``coco`` (COCO 2017), ``voc2012``, ``voc2007``, ``voc0712`` (07+12
 detection), ``shapes`` (the built-in synthetic sample, generated on first use) and
 ``coco-format`` (any COCO-format dataset: ``ann_file=`` + ``img_dir=``). Each returns a
-torch Dataset with ``class_names``, ``cat_ids``, ``image_ids``, ``det_gt()`` and
-``load_sample(i)`` (see dataset.py); its samples follow the schema of base.py.
+torch Dataset with ``annotations`` (name → kind), ``class_names``, ``cat_ids``, ``image_ids``,
+``box_gt()`` and ``load_sample(i)`` (see dataset.py); its samples follow the schema of base.py.
 
 A user's own adapter plugs in with ``register_dataset(name, builder, adapter=Class)``: the
-builder is called as ``builder(root, split, tasks, transform, **options)``.
+builder is called as ``builder(root, split, annotations, transform, **options)``.
 """
 from __future__ import annotations
 
@@ -21,18 +21,28 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .base import collate, normalize_images
 from .coco import CocoDataset, build_coco, build_coco_format
-from .dataset import DetSegDataset
+from .dataset import AnnotatedDataset
 from .sample import build_shapes, write_shapes
-from .voc import VOC_CLASSES, VocDataset, build_voc0712, build_voc2007, build_voc2012
+from .voc import VOC_CLASSES, VocDataset, build_voc0712, build_voc2007, build_voc2012, voc2012_train_split
 
 DATA_ENV = "MTEDET_DATA"
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetEntry:
-    builder: Callable[..., DetSegDataset]
+    builder: Callable[..., AnnotatedDataset]
     #: the adapter class whose keyword options the builder forwards (for option validation)
     adapter: type | None = None
+    #: the training split when none is configured: ``fn(root, annotations, options) -> split``
+    default_train_split: Callable[..., str] | None = None
+    #: what ``mtedet data check`` loads by default (None = every annotation the adapter supplies)
+    check_annotations: tuple[str, ...] | None = None
+
+    def annotations(self) -> tuple[str, ...]:
+        """The annotations checked by default: ``check_annotations``, else all the adapter's."""
+        if self.check_annotations is not None:
+            return self.check_annotations
+        return tuple(getattr(self.adapter, "ANNOTATIONS", None) or ("det",))
 
     def valid_options(self) -> list[str]:
         names = set()
@@ -42,7 +52,7 @@ class DatasetEntry:
             for p in inspect.signature(fn).parameters.values():
                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
                     names.add(p.name)
-        return sorted(names - {"self", "root", "split", "tasks", "transform", "items", "name"})
+        return sorted(names - {"self", "root", "split", "annotations", "transform", "items", "name"})
 
     def accepts_any(self) -> bool:
         """A builder with ``**options`` and no adapter declared takes anything."""
@@ -54,10 +64,28 @@ DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
 def register_dataset(
-    name: str, builder: Callable[..., DetSegDataset], *, adapter: type | None = None, override: bool = False
-) -> Callable[..., DetSegDataset]:
-    DATASETS.register(name, DatasetEntry(builder, adapter), override=override)
+    name: str,
+    builder: Callable[..., AnnotatedDataset],
+    *,
+    adapter: type | None = None,
+    default_train_split: Callable[..., str] | None = None,
+    check_annotations: Sequence[str] | None = None,
+    override: bool = False,
+) -> Callable[..., AnnotatedDataset]:
+    entry = DatasetEntry(builder, adapter, default_train_split, tuple(check_annotations) if check_annotations else None)
+    DATASETS.register(name, entry, override=override)
     return builder
+
+
+def default_train_split(name: str, root: str | Path | None, annotations: Sequence[str], options: dict[str, Any]) -> str:
+    """The dataset's training split when none is configured ("train" unless its adapter says otherwise)."""
+    try:
+        entry = DATASETS.get(name)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    if entry.default_train_split is None:
+        return "train"
+    return entry.default_train_split(Path(root) if root is not None else default_data_root(), tuple(annotations), options)
 
 
 def default_data_root() -> Path:
@@ -69,17 +97,18 @@ def build_dataset(
     name: str,
     root: str | Path | None = None,
     split: str = "train",
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     transform: Callable[..., dict[str, Any]] | None = None,
     **options: Any,
-) -> DetSegDataset:
+) -> AnnotatedDataset:
     """Build a registered dataset.
 
     Args:
         name: coco | voc2012 | voc2007 | voc0712 | shapes | coco-format | a registered name.
         root: data root (default ``$MTEDET_DATA``, then ``./data``; shapes: its cache).
         split: train, val, trainval, test, train_aug (voc2012 seg) ...
-        tasks: which annotations to load ("det", "seg" or both; ``"det,seg"`` accepted).
+        annotations: which annotations to load by name ("det", "seg" or both; ``"det,seg"``
+            accepted); ``DATASETS.get(name).adapter.ANNOTATIONS`` lists what an adapter supplies.
         transform: ``transforms.train_transforms(...)`` / ``eval_transforms(...)`` or None (raw).
         options: adapter options, e.g. on_error="skip", difficult="drop", voc_classes=True,
             drop_empty=True, ann_file=..., img_dir=...; an unknown one is a ConfigError.
@@ -97,24 +126,28 @@ def build_dataset(
             )
     if root is None and name != "shapes":
         root = default_data_root()
-    return entry.builder(root, split, tasks, transform, **options)
+    return entry.builder(root, split, annotations, transform, **options)
 
 
 register_dataset("coco", build_coco, adapter=CocoDataset)
 register_dataset("coco-format", build_coco_format, adapter=CocoDataset)
-register_dataset("voc2012", build_voc2012, adapter=VocDataset)
-register_dataset("voc2007", build_voc2007, adapter=VocDataset)
+register_dataset("voc2012", build_voc2012, adapter=VocDataset, default_train_split=voc2012_train_split)
+# the VOC detection benchmark trains on trainval and is checked for boxes
+register_dataset("voc2007", build_voc2007, adapter=VocDataset, default_train_split=lambda *a: "trainval",
+                 check_annotations=("det",))
 register_dataset("shapes", build_shapes, adapter=VocDataset)
-register_dataset("voc0712", build_voc0712, adapter=VocDataset)
+register_dataset("voc0712", build_voc0712, adapter=VocDataset, default_train_split=lambda *a: "trainval",
+                 check_annotations=("det",))
 
 __all__ = [
     "DATASETS",
     "CocoDataset",
-    "DetSegDataset",
+    "AnnotatedDataset",
     "VOC_CLASSES",
     "VocDataset",
     "build_dataset",
     "collate",
+    "default_train_split",
     "default_data_root",
     "normalize_images",
     "register_dataset",

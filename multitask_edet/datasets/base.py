@@ -1,25 +1,34 @@
 """The one sample schema every dataset adapter yields, and the batch collate.
 
+A dataset supplies named *annotations*, each of one kind: ``"boxes"`` (detection boxes) or
+``"mask"`` (a class index per pixel). The adapter lists them in ``annotations`` (name → kind)
+and ``class_names`` (name → class names); COCO and VOC supply ``det`` (boxes) and ``seg``
+(mask), BDD100K ``det``, ``drivable`` and ``lane``. A task reads the annotation its
+``source`` names (tasks/base.py).
+
 Sample (a dict), as an adapter returns it (before transforms):
 
     image       uint8 ndarray (H, W, 3), RGB
     image_id    int (COCO id, or the index of the image in a VOC split)
     file_name   str, path of the image (for error messages and predictions)
     orig_size   (H, W) of the image on disk
-    boxes       float32 (N, 4) xyxy, pixels, 0-based, continuous coords    } only when the
-    labels      int64 (N,) contiguous 0-based class ids                    } sample carries
-    ignore      bool (N,) True = crowd / difficult region: anchors whose   } detection
-                best match is such a box are neither positive nor negative } annotations
-    mask        uint8 (H, W) class index per pixel, 255 = ignore/void        only for seg
+    dataset     str, the dataset's name
+    <name>      one entry per annotation the sample carries:
+                boxes kind → {"boxes":  float32 (N, 4) xyxy, pixels, 0-based, continuous coords,
+                              "labels": int64 (N,) contiguous 0-based class ids,
+                              "ignore": bool (N,) True = crowd / difficult region: anchors whose
+                                        best match is such a box are neither positive nor negative}
+                mask kind  → uint8 (H, W) class index per pixel, 255 = ignore/void
 
-A task whose annotation a sample lacks finds its key absent; that task's loss is then
-skipped for the sample (what makes mixed-dataset training work).
+A sample that lacks an annotation has no key for it; the task reading it then skips the
+sample in its loss (what makes mixed-dataset training work).
 
-After the transforms (datasets/transforms.py) the same keys hold torch tensors: ``image``
-uint8 (3, H, W) at the network input size, ``boxes``/``labels``/``ignore`` tensors in input
-pixels, ``mask`` int64 (H, W) at the input size; and ``meta`` (dict) is added with what is
-needed to map predictions back: image_id, file_name, orig_size (H, W), scale (input pixels
-per original pixel, one factor for both axes), pad (top, left) in input pixels, dataset name.
+After the transforms (datasets/transforms.py) the same keys hold torch tensors at the network
+input size: ``image`` uint8 (3, H, W); a boxes entry's tensors in input pixels; a mask entry
+int64 (H, W). ``meta`` (dict) is added with what is needed to map predictions back:
+image_id, file_name, orig_size (H, W), scale (input pixels per original pixel, one factor for
+both axes), pad (top, left) in input pixels, dataset name, and for evaluation
+``orig_masks`` (annotation name → uint8 mask at the original size).
 
 ``collate`` stacks images into (B, 3, H, W) uint8 and keeps every other key as a list of
 per-sample values with ``None`` where a sample lacks the key; each task stacks what it needs.
@@ -30,12 +39,9 @@ from typing import Any, Sequence
 
 import torch
 
-# ImageNet statistics on the 0..255 scale (what timm/effdet EfficientNets are trained with).
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-DET_KEYS = ("boxes", "labels", "ignore")
-SEG_KEYS = ("mask",)
+#: ImageNet statistics (0–1 scale, timm's convention): the default input normalisation
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -55,27 +61,22 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def normalize_images(
     images: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """uint8 (B, 3, H, W) → normalised float on ``device``.
+    """uint8 (B, 3, H, W) → ``(x / 255 - mean) / std`` as float on ``device``.
 
-    Images travel as uint8 (4× less host→device traffic) and are normalised on the device.
+    ``mean``/``std`` are per channel on the 0–1 scale (timm's ``pretrained_cfg`` convention);
+    the model carries the ones its backbone was trained with (``ModelConfig.mean/std``). Images
+    travel as uint8 (4× less host→device traffic) and are normalised on the device.
     """
     x = images.to(device=device, non_blocking=True) if device is not None else images
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype).view(1, 3, 1, 1)
-    x = (x.to(dtype) - mean) / std
+    m = torch.tensor([255.0 * v for v in mean], device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    s = torch.tensor([255.0 * v for v in std], device=x.device, dtype=dtype).view(1, 3, 1, 1)
+    x = (x.to(dtype) - m) / s
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-def has_key(batch: dict[str, Any], key: str) -> torch.Tensor:
-    """Bool (B,) — which samples of the batch carry ``key``."""
-    vals = batch.get(key)
-    n = batch["images"].shape[0]
-    if vals is None:
-        return torch.zeros(n, dtype=torch.bool)
-    return torch.tensor([v is not None for v in vals], dtype=torch.bool)

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DatasetError
-from .dataset import normalize_tasks
 
 
 @dataclasses.dataclass
@@ -29,17 +28,23 @@ class Problem:
 
 
 @dataclasses.dataclass
+class BoxStats:
+    #: class → number of objects (not ignored) / ignored (crowd, difficult)
+    objects: dict[str, int] = dataclasses.field(default_factory=dict)
+    ignored: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: images whose annotation has no object (kept: they are negatives)
+    empty_images: int = 0
+
+
+@dataclasses.dataclass
 class SplitReport:
     split: str
     images: int = 0
     ok: int = 0
-    #: det class → number of objects (not ignored) / ignored (crowd, difficult)
-    objects: dict[str, int] = dataclasses.field(default_factory=dict)
-    ignored: dict[str, int] = dataclasses.field(default_factory=dict)
-    #: images whose detection annotation has no object (kept: they are negatives)
-    empty_images: int = 0
-    #: seg class name (and "ignore") → pixel count
-    mask_pixels: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: per box annotation: objects per class
+    boxes: dict[str, BoxStats] = dataclasses.field(default_factory=dict)
+    #: per mask annotation: class name (and "ignore") → pixel count
+    mask_pixels: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     problems: list[Problem] = dataclasses.field(default_factory=list)
 
 
@@ -47,7 +52,7 @@ class SplitReport:
 class DataReport:
     dataset: str
     root: str | None
-    tasks: tuple[str, ...]
+    annotations: tuple[str, ...]
     splits: list[SplitReport]
 
     @property
@@ -63,7 +68,7 @@ class DataReport:
 
 
 class _Stats(torch.utils.data.Dataset):
-    """Per index: the sample's counts, or the problem loading it (runs in DataLoader workers)."""
+    """Per index: the sample's counts per annotation, or the problem loading it (runs in DataLoader workers)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -77,11 +82,13 @@ class _Stats(torch.utils.data.Dataset):
         except DatasetError as e:
             return {"file": self.dataset.file_name(i), "error": str(e)}
         out: dict[str, Any] = {}
-        if "labels" in s:
-            out["labels"] = np.asarray(s["labels"]).tolist()
-            out["ignore"] = np.asarray(s["ignore"]).tolist()
-        if "mask" in s:
-            out["hist"] = np.bincount(s["mask"].ravel(), minlength=256)
+        for name, kind in self.dataset.annotations.items():
+            if name not in s:
+                continue
+            if kind == "boxes":
+                out[name] = (np.asarray(s[name]["labels"]).tolist(), np.asarray(s[name]["ignore"]).tolist())
+            else:
+                out[name] = np.bincount(np.asarray(s[name]).ravel(), minlength=256)
         return out
 
 
@@ -89,38 +96,42 @@ def _identity(x):
     return x
 
 
-def _check_split(name: str, root, split: str, tasks, workers: int, options: dict[str, Any]) -> SplitReport:
+def _check_split(name: str, root, split: str, annotations, workers: int, options: dict[str, Any]) -> SplitReport:
     from . import build_dataset
 
     rep = SplitReport(split)
     try:
-        ds = build_dataset(name, root, split, tasks, **options)
+        ds = build_dataset(name, root, split, annotations, **options)
     except (DatasetError, ConfigError) as e:
         rep.problems.append(Problem(split, str(root or ""), str(e)))
         return rep
     rep.images = len(ds)
-    det_names = ds.class_names.get("det", [])
-    seg_names = ds.class_names.get("seg", [])
-    hist = np.zeros(256, np.int64)
+    kinds = ds.annotations
+    hists = {a: np.zeros(256, np.int64) for a, k in kinds.items() if k == "mask"}
+    rep.boxes = {a: BoxStats() for a, k in kinds.items() if k == "boxes"}
     loader = torch.utils.data.DataLoader(_Stats(ds), batch_size=None, num_workers=workers, collate_fn=_identity)
     for r in loader:
         if "error" in r:
             rep.problems.append(Problem(split, r["file"], r["error"]))
             continue
         rep.ok += 1
-        if "labels" in r:
-            if not r["labels"]:
-                rep.empty_images += 1
-            for label, ign in zip(r["labels"], r["ignore"]):
-                counts = rep.ignored if ign else rep.objects
-                counts[det_names[label]] = counts.get(det_names[label], 0) + 1
-        if "hist" in r:
-            hist += r["hist"]
-    if "seg" in ds.tasks:
-        rep.mask_pixels = {n: int(hist[i]) for i, n in enumerate(seg_names)}
-        rep.mask_pixels["ignore"] = int(hist[255])
-    rep.objects = {n: rep.objects[n] for n in det_names if n in rep.objects}
-    rep.ignored = {n: rep.ignored[n] for n in det_names if n in rep.ignored}
+        for a, value in r.items():
+            if a in hists:
+                hists[a] += value
+                continue
+            stats, names = rep.boxes[a], ds.class_names[a]
+            labels, ignore = value
+            stats.empty_images += not labels
+            for label, ign in zip(labels, ignore):
+                counts = stats.ignored if ign else stats.objects
+                counts[names[label]] = counts.get(names[label], 0) + 1
+    for a, hist in hists.items():
+        pixels = {n: int(hist[i]) for i, n in enumerate(ds.class_names[a])}
+        rep.mask_pixels[a] = pixels | {"ignore": int(hist[255])}
+    for a, stats in rep.boxes.items():
+        names = ds.class_names[a]
+        stats.objects = {n: stats.objects[n] for n in names if n in stats.objects}
+        stats.ignored = {n: stats.ignored[n] for n in names if n in stats.ignored}
     return rep
 
 
@@ -128,15 +139,15 @@ def check_dataset(
     name: str,
     root: str | Path | None = None,
     splits: str | Sequence[str] = ("train", "val"),
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     workers: int = 0,
     **options: Any,
 ) -> DataReport:
     """Validate every image and annotation of ``splits``; never raises for a data problem."""
     split_list = [splits] if isinstance(splits, str) else list(splits)
-    t = normalize_tasks(tasks)
-    reports = [_check_split(name, root, s, t, workers, options) for s in split_list]
-    return DataReport(name, None if root is None else str(root), t, reports)
+    a = tuple(t.strip() for t in annotations.split(",") if t.strip()) if isinstance(annotations, str) else tuple(annotations)
+    reports = [_check_split(name, root, s, a, workers, options) for s in split_list]
+    return DataReport(name, None if root is None else str(root), a, reports)
 
 
 def _fmt_counts(counts: dict[str, int], extra: dict[str, int] | None = None) -> str:
@@ -151,16 +162,17 @@ def _fmt_counts(counts: dict[str, int], extra: dict[str, int] | None = None) -> 
 
 
 def format_report(report: DataReport, max_problems: int = 50) -> str:
-    lines = [f"dataset {report.dataset}  root {report.root or '(default)'}  tasks {','.join(report.tasks)}"]
+    lines = [f"dataset {report.dataset}  root {report.root or '(default)'}  annotations {','.join(report.annotations)}"]
     for s in report.splits:
         lines.append(f"split {s.split}: {s.images} images, {s.ok} ok, {len(s.problems)} with problems")
-        if "det" in report.tasks and s.ok:
-            lines.append(f"  objects: {_fmt_counts(s.objects, s.ignored)}")
-            lines.append(f"  images without objects: {s.empty_images}")
-        if s.mask_pixels:
-            total = sum(s.mask_pixels.values()) or 1
-            hist = ", ".join(f"{n} {100.0 * c / total:.1f}%" for n, c in s.mask_pixels.items() if c)
-            lines.append(f"  mask pixels: {hist}")
+        for a, stats in s.boxes.items():
+            if s.ok:
+                lines.append(f"  {a} objects: {_fmt_counts(stats.objects, stats.ignored)}")
+                lines.append(f"  {a} images without objects: {stats.empty_images}")
+        for a, pixels in s.mask_pixels.items():
+            total = sum(pixels.values()) or 1
+            hist = ", ".join(f"{n} {100.0 * c / total:.1f}%" for n, c in pixels.items() if c)
+            lines.append(f"  {a} mask pixels: {hist}")
     problems = report.problems
     if problems:
         lines.append(f"problems ({len(problems)}):")

@@ -25,7 +25,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from ..errors import ConfigError, DatasetError
-from .dataset import DetSegDataset, PackedRecords
+from .dataset import AnnotatedDataset, PackedRecords
 from .io import IGNORE_INDEX, read_image, read_json
 from .voc import VOC_CLASSES
 
@@ -62,12 +62,14 @@ CROWD_MODES = ("ignore", "drop")
 SEG_CROWD_MODES = ("ignore", "class")
 
 
-class CocoDataset(DetSegDataset):
+class CocoDataset(AnnotatedDataset):
+    ANNOTATIONS = {"det": "boxes", "seg": "mask"}
+
     def __init__(
         self,
         ann_file: str | Path,
         img_dir: str | Path,
-        tasks: str | Sequence[str] = ("det",),
+        annotations: str | Sequence[str] = ("det",),
         transform: Callable[..., dict[str, Any]] | None = None,
         *,
         name: str = "coco",
@@ -83,14 +85,14 @@ class CocoDataset(DetSegDataset):
         """
         Args:
             drop_empty: drop images without a usable (non-crowd) box — for detection training
-                only; ignored when "seg" is among the tasks (an all-background mask is data).
+                only; ignored when the "seg" masks are loaded (an all-background mask is data).
             min_box_size: boxes narrower or lower than this (pixels) are dropped and counted.
             crowd: "ignore" keeps crowd boxes with ``ignore=True``; "drop" removes them.
             seg_crowd: "ignore" paints crowd regions 255; "class" paints them with their class.
             voc_classes: keep the 20 VOC classes only (class names and order of VOC).
             box_tolerance: pixels a box may exceed its image before it is an error.
         """
-        super().__init__(name=name, tasks=tasks, transform=transform, on_error=on_error, seed=seed)
+        super().__init__(name=name, annotations=annotations, transform=transform, on_error=on_error, seed=seed)
         if crowd not in CROWD_MODES:
             raise ConfigError(f"crowd={crowd!r}; valid values: {', '.join(CROWD_MODES)}")
         if seg_crowd not in SEG_CROWD_MODES:
@@ -114,7 +116,7 @@ class CocoDataset(DetSegDataset):
         for ann in data.get("annotations", []):
             anns[ann.get("image_id")].append(ann)
         self._log_small_boxes(anns)
-        if drop_empty and "seg" not in self.tasks:
+        if drop_empty and "seg" not in self.annotations:
             images = [im for im in images if self._has_usable_box(anns.get(im["id"], ()))]
         self.image_ids = [int(im["id"]) for im in images]
         # (image entry, its annotations) per index, packed: see PackedRecords
@@ -161,7 +163,7 @@ class CocoDataset(DetSegDataset):
         return bool(bbox) and len(bbox) == 4 and (bbox[2] < self.min_box_size or bbox[3] < self.min_box_size)
 
     def _log_small_boxes(self, anns: dict[int, list[dict[str, Any]]]) -> None:
-        if "det" not in self.tasks:
+        if "det" not in self.annotations:
             return
         n = sum(self._is_small(a) for image_anns in anns.values() for a in image_anns)
         if n:
@@ -196,10 +198,10 @@ class CocoDataset(DetSegDataset):
         }
         for ann in anns:
             self._check_annotation(ann, info)
-        if "det" in self.tasks:
-            sample.update(self._det_targets(anns, h, w))
-        if "seg" in self.tasks:
-            sample["mask"] = self._rasterise(anns, info)
+        if "det" in self.annotations:
+            sample["det"] = self._det_targets(anns, h, w)
+        if "seg" in self.annotations:
+            sample["seg"] = self._rasterise(anns, info)
         return sample
 
     def _check_annotation(self, ann: dict[str, Any], info: dict[str, Any]) -> None:
@@ -287,7 +289,7 @@ class CocoDataset(DetSegDataset):
         return mask
 
     # ----------------------------------------------------------------- GT
-    def _det_gt_dict(self) -> dict[str, Any]:
+    def _box_gt_dict(self, annotation: str) -> dict[str, Any]:
         keep_imgs = set(self.image_ids)
         keep_cats = set(self.cat_ids)
         data = read_json(self.ann_file)  # re-read: the dataset keeps only a packed copy
@@ -310,7 +312,7 @@ def _fill_split(path: str | Path, split: str, root: Path | None) -> Path:
 def build_coco(
     root: str | Path,
     split: str = "train",
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     transform: Callable[..., dict[str, Any]] | None = None,
     *,
     ann_file: str | Path | None = None,
@@ -330,14 +332,14 @@ def build_coco(
         ann = _fill_split(ann_file, split, root)
         if img_dir is None:
             raise ConfigError(f"ann_file={ann_file!r} given without img_dir; pass the folder of its images too")
-        return CocoDataset(ann, _fill_split(img_dir, split, root), tasks, transform, name=name, **options)
+        return CocoDataset(ann, _fill_split(img_dir, split, root), annotations, transform, name=name, **options)
     tag = split if split[-4:].isdigit() else f"{split}{year}"
     looked = []
     for base in (root, root / "coco", root / "COCO"):
         ann = base / "annotations" / f"instances_{tag}.json"
         looked.append(str(ann))
         if ann.is_file():
-            return CocoDataset(ann, base / (img_dir or tag), tasks, transform, name=name, **options)
+            return CocoDataset(ann, base / (img_dir or tag), annotations, transform, name=name, **options)
     raise DatasetError(
         f"COCO split {split!r} not found: looked for {', '.join(looked)}. Point --data-root (or the "
         "MTEDET_DATA environment variable) at the folder that holds annotations/ and "
@@ -348,7 +350,7 @@ def build_coco(
 def build_coco_format(
     root: str | Path | None,
     split: str = "train",
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     transform: Callable[..., dict[str, Any]] | None = None,
     *,
     ann_file: str | Path | None = None,
@@ -364,5 +366,5 @@ def build_coco_format(
         )
     base = Path(root) if root is not None else None
     return CocoDataset(
-        _fill_split(ann_file, split, base), _fill_split(img_dir, split, base), tasks, transform, name=name, **options
+        _fill_split(ann_file, split, base), _fill_split(img_dir, split, base), annotations, transform, name=name, **options
     )

@@ -1,7 +1,9 @@
-"""What every dataset adapter shares: task selection, on_error handling, seeding, COCO-format GT.
+"""What every dataset adapter shares: annotation selection, on_error handling, seeding, COCO-format GT.
 
-An adapter (coco.py, voc.py) implements ``_load(i)`` — the raw sample of datasets/base.py —
-and ``file_name(i)``; this base class adds the torch ``Dataset`` behaviour:
+An adapter (coco.py, voc.py) declares the annotations it can supply (``ANNOTATIONS``: name →
+kind, datasets/base.py) and implements ``_load(i)`` — the raw sample of datasets/base.py with
+the requested annotations — and ``file_name(i)``; this base class adds the torch ``Dataset``
+behaviour:
 
 - ``__getitem__`` = ``load_sample`` + transform, with a per-sample seed derived from
   (seed, epoch, index), so augmentation is reproducible for any number of DataLoader workers
@@ -17,7 +19,7 @@ import contextlib
 import io
 import logging
 import pickle
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,23 +29,29 @@ from ..errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_TASKS = ("det", "seg")
 ON_ERROR = ("raise", "skip")
 
 
-def normalize_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
-    """``"det,seg"`` or a sequence → the subset of det/seg an adapter can supply, in that order.
+def select_annotations(requested: str | Sequence[str], available: Mapping[str, str], dataset: str) -> dict[str, str]:
+    """``"det,seg"`` or a sequence of annotation names → {name: kind} of those ``available`` supplies.
 
-    Other task names (a user's custom task that reads det/seg keys) are accepted and ignored.
+    An annotation the dataset lacks is an error listing what it has.
     """
-    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-    out = tuple(t for t in SUPPORTED_TASKS if t in names)
-    if not out:
+    names = [t.strip() for t in requested.split(",") if t.strip()] if isinstance(requested, str) else list(requested)
+    if not names:
+        raise ConfigError(f"dataset {dataset!r}: no annotation requested; it supplies {describe_annotations(available)}")
+    missing = [n for n in names if n not in available]
+    if missing:
         raise ConfigError(
-            f"tasks {names!r}: a dataset adapter supplies annotations for {list(SUPPORTED_TASKS)}; "
-            "ask for at least one of them"
+            f"dataset {dataset!r} has no {', '.join(repr(m) for m in missing)} annotation; it supplies "
+            f"{describe_annotations(available)} (a task reads the annotation named by its `source`, by default "
+            "its own name: e.g. --set lane.source=seg)"
         )
-    return out
+    return {n: available[n] for n in dict.fromkeys(names)}
+
+
+def describe_annotations(available: Mapping[str, str]) -> str:
+    return ", ".join(f"{n} ({k})" for n, k in available.items())
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:
@@ -79,21 +87,23 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
-class DetSegDataset(torch.utils.data.Dataset):
-    """Base of the adapters. Subclasses set ``class_names``, ``cat_ids``, ``image_ids``."""
+class AnnotatedDataset(torch.utils.data.Dataset):
+    """Base of the adapters. Subclasses set ``ANNOTATIONS``, ``class_names``, ``cat_ids``, ``image_ids``."""
 
-    #: task → class names (det: no background; seg: index 0 = background)
+    #: every annotation the adapter can supply: name → kind ("boxes" or "mask")
+    ANNOTATIONS: ClassVar[dict[str, str]] = {}
+    #: annotation name → class names (boxes: no background; mask: index = class, 0 = background)
     class_names: dict[str, list[str]]
-    #: det contiguous label → dataset-native category id
+    #: contiguous box label → dataset-native category id (of the box annotation)
     cat_ids: list[int]
-    #: per index, the int image id used in samples and in ``det_gt()``
+    #: per index, the int image id used in samples and in ``box_gt()``
     image_ids: list[int]
 
     def __init__(
         self,
         *,
         name: str,
-        tasks: str | Sequence[str],
+        annotations: str | Sequence[str],
         transform: Callable[..., dict[str, Any]] | None = None,
         on_error: str = "raise",
         seed: int = 0,
@@ -101,7 +111,8 @@ class DetSegDataset(torch.utils.data.Dataset):
         if on_error not in ON_ERROR:
             raise ConfigError(f"on_error={on_error!r}; valid values: {', '.join(ON_ERROR)}")
         self.name = name
-        self.tasks = normalize_tasks(tasks)
+        #: the annotations this instance loads: name → kind
+        self.annotations = select_annotations(annotations, self.ANNOTATIONS, name)
         self.transform = transform
         self.on_error = on_error
         self.seed = seed
@@ -115,7 +126,7 @@ class DetSegDataset(torch.utils.data.Dataset):
     def file_name(self, index: int) -> str:
         raise NotImplementedError
 
-    def _det_gt_dict(self) -> dict[str, Any]:
+    def _box_gt_dict(self, annotation: str) -> dict[str, Any]:
         raise NotImplementedError
 
     # ----------------------------------------------------------------- public API
@@ -123,7 +134,7 @@ class DetSegDataset(torch.utils.data.Dataset):
         return len(self.image_ids)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, tasks={self.tasks}, images={len(self)})"
+        return f"{type(self).__name__}(name={self.name!r}, annotations={list(self.annotations)}, images={len(self)})"
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
@@ -148,11 +159,14 @@ class DetSegDataset(torch.utils.data.Dataset):
             sample = self.transform(sample, seed=seed)
         return sample
 
-    def det_gt(self) -> COCO:
-        """pycocotools COCO of the split's detection GT (native category ids)."""
-        if "det" not in self.tasks:
-            raise ConfigError(f"{self!r} was built without the 'det' task; it has no detection GT")
-        return coco_from_dict(self._det_gt_dict())
+    def box_gt(self, annotation: str = "det") -> COCO:
+        """pycocotools COCO of the split's ground truth of a box annotation (native category ids)."""
+        if self.annotations.get(annotation) != "boxes":
+            boxes = [n for n, k in self.annotations.items() if k == "boxes"]
+            raise ConfigError(
+                f"{self!r} has no box annotation {annotation!r} loaded (box annotations loaded: {boxes or 'none'})"
+            )
+        return coco_from_dict(self._box_gt_dict(annotation))
 
     # ----------------------------------------------------------------- internals
     def _load_or_replace(self, index: int) -> dict[str, Any]:

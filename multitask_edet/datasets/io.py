@@ -1,4 +1,4 @@
-"""Safe readers for the files dataset adapters open (FACTS.md §5).
+"""Safe readers for the files dataset adapters open.
 
 Every reader turns a library failure (PIL, json, ElementTree, scipy.io) into a
 ``DatasetError`` that names the file and says what is wrong with it, so a broken file in a
@@ -22,6 +22,35 @@ from ..errors import DatasetError
 Image.MAX_IMAGE_PIXELS = None
 
 IGNORE_INDEX = 255
+
+
+# Pascal VOC stores class masks as palette ('P' mode) PNGs whose pixel index is the class and
+# whose colour table is the VOC colormap (devkit ``labelcolormap``: the bits of the index
+# spread over R, G, B from the most significant bit down). Neither PIL nor torchvision ships
+# it, so it is generated here; masks written with it open in VOC tools like the ground truth.
+def voc_palette(num_colors: int = 256) -> np.ndarray:
+    """(num_colors, 3) uint8 VOC colormap: 0 black, 1 (128, 0, 0), ..., 255 (224, 224, 192)."""
+    idx = np.arange(num_colors)
+    palette = np.zeros((num_colors, 3), dtype=np.uint8)
+    for bit in range(8):
+        for channel in range(3):
+            palette[:, channel] |= (((idx >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
+    return palette
+
+
+def save_palette_png(mask: Any, path: str | Path, palette: np.ndarray | None = None) -> Path:
+    """Write a (H, W) class-index mask (array or tensor) as a palette PNG (mode 'P', VOC colormap by default)."""
+    arr = mask.detach().cpu().numpy() if hasattr(mask, "detach") else np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"a mask to write as {path} must be (H, W), got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError(f"palette PNG {path} can hold class indices 0..255 only, got {arr.min()}..{arr.max()}")
+    image = Image.fromarray(arr.astype(np.uint8))
+    image.putpalette((voc_palette() if palette is None else palette).astype(np.uint8).tobytes())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -15,10 +15,11 @@ single source (uniform image shapes, one task's targets per batch) following a f
 - the state is ``(epoch, batch position)``: ``set_epoch`` + ``set_start`` resume mid-epoch
   exactly, since the whole epoch is a pure function of (seed, epoch, rank, world size).
 
-A sample from the detection source carries no ``mask`` and one from the segmentation source
-no boxes: the task whose labels a batch lacks returns a zero loss and the trainer drops its
-head's gradients. Each task keeps its own class set (``class_names``) and its own evaluation
-dataset (``task_datasets``).
+Each source loads only the annotation of its task (the sample key named by the task's
+``source``), so a sample from the detection source carries no mask and one from the
+segmentation source no boxes: the task whose annotation a batch lacks returns a zero loss
+and the trainer drops its head's gradients. Each task keeps its own class set
+(``class_names``, by annotation name) and its own evaluation dataset (``task_datasets``).
 """
 from __future__ import annotations
 
@@ -30,10 +31,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError, DatasetError
-from .base import DET_KEYS, SEG_KEYS
-
-#: batch keys that carry each built-in task's labels; a source keeps only its task's keys
-TASK_KEYS: dict[str, tuple[str, ...]] = {"det": DET_KEYS, "seg": SEG_KEYS}
 
 
 def parse_dataset_spec(spec: str, tasks: Sequence[str]) -> dict[str, str]:
@@ -65,7 +62,7 @@ def parse_dataset_spec(spec: str, tasks: Sequence[str]) -> dict[str, str]:
 
 
 class MixedDataset(Dataset):
-    """One source dataset per task, concatenated; samples keep only their task's labels."""
+    """One source dataset per task, concatenated; each source loads only its task's annotation."""
 
     def __init__(self, sources: Mapping[str, Dataset]):
         if len(sources) < 1:
@@ -77,11 +74,6 @@ class MixedDataset(Dataset):
                 raise DatasetError(f"the {t!r} source of the mixed dataset has no images")
         self.sizes = [len(ds) for ds in self.sources]
         self.offsets = np.cumsum([0] + self.sizes).tolist()
-        # what to strip from a source's samples: every other built-in task's label keys
-        self._drop = []
-        for t in self.tasks:
-            own = set(TASK_KEYS.get(t, ()))
-            self._drop.append({k for other in self.tasks if other != t for k in TASK_KEYS.get(other, ())} - own)
 
     # --- per-task views ------------------------------------------------------------------
     @property
@@ -89,14 +81,12 @@ class MixedDataset(Dataset):
         return dict(zip(self.tasks, self.sources))
 
     @property
-    def class_names(self) -> dict[str, list[str]]:
-        return {t: ds.class_names[t] for t, ds in zip(self.tasks, self.sources)}
+    def annotations(self) -> dict[str, str]:
+        return {a: k for ds in self.sources for a, k in ds.annotations.items()}
 
-    def __getattr__(self, name: str) -> Any:
-        # cat_ids / det_gt belong to the detection source (the only one with detection GT)
-        if name in ("cat_ids", "det_gt") and "det" in self.__dict__.get("tasks", ()):
-            return getattr(self.__dict__["sources"][self.__dict__["tasks"].index("det")], name)
-        raise AttributeError(name)
+    @property
+    def class_names(self) -> dict[str, list[str]]:
+        return {a: names for ds in self.sources for a, names in ds.class_names.items() if a in ds.annotations}
 
     # --- indexing ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -110,13 +100,7 @@ class MixedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s, i = self.locate(index)
-        sample = self.sources[s][i]
-        for k in self._drop[s]:
-            sample.pop(k, None)
-        meta = sample.get("meta")
-        if isinstance(meta, dict) and "seg" in self.tasks and self.tasks[s] != "seg":
-            meta.pop("orig_mask", None)
-        return sample
+        return self.sources[s][i]
 
 
 def interleave_schedule(ratio: Sequence[float], n: int) -> list[int]:

@@ -42,8 +42,8 @@ from pycocotools import mask as mask_utils
 
 from ..errors import ConfigError, DatasetError
 from .coco import CocoDataset
-from .dataset import normalize_tasks
-from .io import IGNORE_INDEX, read_json
+from .dataset import select_annotations
+from .io import IGNORE_INDEX, read_json, save_palette_png
 from .voc import VocDataset, voc_items
 
 log = logging.getLogger(__name__)
@@ -55,32 +55,6 @@ CACHE_ENV = "MTEDET_CACHE"
 DEFAULTS = {"num_train": 300, "num_val": 50, "image_size": 160, "seed": 0}
 _SPLIT_INDEX = {"train": 0, "val": 1}
 MAX_COVERED = 0.3
-
-
-def voc_palette() -> list[int]:
-    """The 256-colour VOC palette (bits of the index spread over R, G, B), flat RGB list."""
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
-_PALETTE = voc_palette()
-
-
-def save_palette_png(path: str | Path, mask: np.ndarray) -> None:
-    """A class-index mask as a VOC-palette PNG (the index is the class; colours are for people)."""
-    mask = np.ascontiguousarray(mask, dtype=np.uint8)
-    im = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
-    im.putpalette(_PALETTE)
-    im.save(path)
 
 
 def shape_polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -235,7 +209,7 @@ def write_shapes(
             jpg = voc / "JPEGImages" / f"{image_id}.jpg"
             jpg.write_bytes(buf.getvalue())
             _link_or_write(jpg, coco / split / f"{image_id}.jpg")
-            save_palette_png(voc / "SegmentationClass" / f"{image_id}.png", _void_border(mask, void_border))
+            save_palette_png(_void_border(mask, void_border), voc / "SegmentationClass" / f"{image_id}.png")
             (voc / "Annotations" / f"{image_id}.xml").write_bytes(_voc_xml(image_id, h, w, objects, classes))
             images.append({"id": k + 1, "file_name": f"{image_id}.jpg", "height": h, "width": w})
             for label, poly, (x0, y0, x1, y1) in objects:
@@ -318,7 +292,7 @@ def ensure_shapes(
 def build_shapes(
     root: str | Path | None = None,
     split: str = "train",
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     transform: Callable[..., dict[str, Any]] | None = None,
     *,
     layout: str = "voc",
@@ -332,7 +306,7 @@ def build_shapes(
     d = ensure_shapes(root, num_train, num_val, image_size, seed)
     manifest = read_json(d / MANIFEST)
     classes = manifest.get("classes") or list(SHAPE_CLASSES)
-    t = normalize_tasks(tasks)
+    t = tuple(select_annotations(annotations, VocDataset.ANNOTATIONS, "shapes"))
     if layout == "voc":
         if split not in ("train", "val", "trainval"):
             raise DatasetError(f"shapes has splits train, val, trainval; got {split!r}")

@@ -1,4 +1,4 @@
-"""Writers of tiny datasets in the real on-disk formats, for tests (DESIGN.md §6).
+"""Writers of tiny datasets in the real on-disk formats, for tests.
 
 Every writer returns a small record of what it wrote (paths, objects, masks) so a test can
 compare an adapter's output with the truth. Images are drawn: each object is a filled
@@ -50,7 +50,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from .coco import COCO_CLASSES
-from .sample import save_palette_png
+from .io import save_palette_png
 from .voc import VOC_CLASSES
 
 W, H = 64, 48
@@ -243,7 +243,7 @@ def write_voc_tree(root: str | Path, year: str = "2012") -> VocTree:
         if k != 6:
             masks[i] = voc_mask(objs)
             (voc / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-            save_palette_png(voc / "SegmentationClass" / f"{i}.png", masks[i])
+            save_palette_png(masks[i], voc / "SegmentationClass" / f"{i}.png")
     lists = {
         "Main/train": [ids[k] for k in (1, 2, 3, 6)],
         "Main/val": [ids[k] for k in (4, 5)],
@@ -291,7 +291,7 @@ def write_sbd_tree(root: str | Path, voc_tree: VocTree, fmt: str = "mat") -> Sbd
             scipy.io.savemat(sbd / "cls" / f"{i}.mat", {"GTcls": {"Segmentation": m, "CategoriesPresent": present}})
         elif fmt == "aug":
             (sbd / "SegmentationClassAug").mkdir(parents=True, exist_ok=True)
-            save_palette_png(sbd / "SegmentationClassAug" / f"{i}.png", m)
+            save_palette_png(m, sbd / "SegmentationClassAug" / f"{i}.png")
         else:
             raise ValueError(f"fmt={fmt!r}; use 'mat' or 'aug'")
     if fmt == "mat":

@@ -15,11 +15,13 @@ and boxes alike, so ``meta`` maps predictions back without rounding error:
 ``x_orig = (x_input - pad_left) / scale``. Masks use nearest-neighbour only. Boxes are
 clipped and the ones that become degenerate are dropped by albumentations' BboxParams.
 
-Output (datasets/base.py): image uint8 (3, H, W); boxes float32 (N, 4) / labels int64 /
-ignore bool tensors in input pixels; mask int64 (H, W); ``meta`` = image_id, file_name,
-orig_size, scale, pad (top, left; negative = cropped), dataset, flipped, and for eval
-``orig_mask`` (uint8, original size) when the sample has a mask; ``skipped`` when the
-dataset replaced a bad sample (see dataset.py).
+Every annotation of a sample goes through the same call, whatever its name: all box
+annotations together (one ``bboxes`` list with the annotation as a label field), every mask
+in ``masks``. Output (datasets/base.py): image uint8 (3, H, W); per boxes annotation
+boxes float32 (N, 4) / labels int64 / ignore bool tensors in input pixels; per mask
+annotation int64 (H, W); ``meta`` = image_id, file_name, orig_size, scale, pad (top, left;
+negative = cropped), dataset, flipped, and for eval ``orig_masks`` (name → uint8 mask at the
+original size); ``skipped`` when the dataset replaced a bad sample (see dataset.py).
 """
 from __future__ import annotations
 
@@ -163,42 +165,59 @@ class SampleTransform:
         if seed is not None:
             # one shared stream for all transforms (set_random_seed would give each the same one)
             self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        box_sets, masks = annotation_entries(sample)
         data: dict[str, Any] = {"image": sample["image"]}
-        has_det = "boxes" in sample
-        if has_det:
-            data["bboxes"] = np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)
-            data["labels"] = np.asarray(sample["labels"], dtype=np.int64)
-            data["ignore"] = np.asarray(sample["ignore"], dtype=np.int64)
-        else:
-            data["bboxes"] = np.zeros((0, 4), dtype=np.float32)
-            data["labels"] = np.zeros((0,), dtype=np.int64)
-            data["ignore"] = np.zeros((0,), dtype=np.int64)
-        if "mask" in sample:
-            data["mask"] = sample["mask"]
+        parts = [(np.asarray(sample[n]["boxes"], dtype=np.float32).reshape(-1, 4),
+                  np.asarray(sample[n]["labels"], dtype=np.int64).reshape(-1),
+                  np.asarray(sample[n]["ignore"], dtype=np.int64).reshape(-1)) for n in box_sets]
+        data["bboxes"] = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 4), np.float32)
+        data["labels"] = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.int64)
+        data["ignore"] = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0,), np.int64)
+        data["box_set"] = np.concatenate([np.full(len(p[1]), i, np.int64) for i, p in enumerate(parts)]) \
+            if parts else np.zeros((0,), np.int64)
+        if masks:
+            data["masks"] = [sample[n] for n in masks]
         r = self.compose(**data)
 
         warp = dict(next(p for name, p in r["applied_transforms"] if name == "FitScaleCrop"))
         flipped = any(name == "HorizontalFlip" for name, _ in r["applied_transforms"])
         out: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(r["image"].transpose(2, 0, 1)))}
-        if has_det:
-            out["boxes"] = torch.from_numpy(np.asarray(r["bboxes"], dtype=np.float32).reshape(-1, 4))
-            out["labels"] = torch.as_tensor(np.asarray(r["labels"], dtype=np.int64))
-            out["ignore"] = torch.as_tensor(np.asarray(r["ignore"], dtype=np.int64) != 0)
-        if "mask" in sample:
-            out["mask"] = torch.from_numpy(r["mask"].astype(np.int64))
+        boxes = np.asarray(r["bboxes"], dtype=np.float32).reshape(-1, 4)
+        labels = np.asarray(r["labels"], dtype=np.int64)
+        ignore = np.asarray(r["ignore"], dtype=np.int64) != 0
+        box_set = np.asarray(r["box_set"], dtype=np.int64)
+        for i, n in enumerate(box_sets):
+            keep = box_set == i
+            out[n] = {"boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep])),
+                      "labels": torch.as_tensor(labels[keep]), "ignore": torch.as_tensor(ignore[keep])}
+        for n, m in zip(masks, r.get("masks", ())):
+            out[n] = torch.from_numpy(np.asarray(m).astype(np.int64))
         meta = {k: sample[k] for k in _META_KEYS if k in sample}
         ox, oy = warp["offset"]
         meta.update(scale=float(warp["scale"]), pad=(-int(oy), -int(ox)), flipped=flipped)
-        if not self.train and "mask" in sample:
-            meta["orig_mask"] = torch.from_numpy(np.ascontiguousarray(sample["mask"], dtype=np.uint8))
+        if not self.train and masks:
+            meta["orig_masks"] = {n: torch.from_numpy(np.ascontiguousarray(sample[n], dtype=np.uint8)) for n in masks}
         out["meta"] = meta
         return out
+
+
+def annotation_entries(sample: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Names of the sample's box annotations and of its mask annotations (datasets/base.py)."""
+    boxes, masks = [], []
+    for k, v in sample.items():
+        if k in _META_KEYS or k == "image":
+            continue
+        if isinstance(v, dict) and "boxes" in v:
+            boxes.append(k)
+        elif isinstance(v, np.ndarray) and v.ndim == 2:
+            masks.append(k)
+    return boxes, masks
 
 
 def _bbox_params(min_area: float, min_visibility: float, min_size: float) -> A.BboxParams:
     return A.BboxParams(
         format="pascal_voc",
-        label_fields=["labels", "ignore"],
+        label_fields=["labels", "ignore", "box_set"],
         min_area=min_area,
         min_visibility=min_visibility,
         min_width=min_size,
@@ -207,15 +226,18 @@ def _bbox_params(min_area: float, min_visibility: float, min_size: float) -> A.B
     )
 
 
-def default_scale_range(tasks: str | Sequence[str]) -> tuple[float, float]:
-    """Detection's [0.1, 2.0] whenever det is trained; segmentation's [0.5, 2.0] otherwise."""
-    names = tasks.split(",") if isinstance(tasks, str) else list(tasks)
-    return DET_SCALE_RANGE if "det" in names else SEG_SCALE_RANGE
+def default_scale_range(kinds: str | Sequence[str]) -> tuple[float, float]:
+    """Detection's [0.1, 2.0] whenever a task learns from boxes; segmentation's [0.5, 2.0] otherwise.
+
+    ``kinds``: the annotation kinds ("boxes", "mask") of the trained tasks.
+    """
+    names = kinds.split(",") if isinstance(kinds, str) else list(kinds)
+    return DET_SCALE_RANGE if "boxes" in names else SEG_SCALE_RANGE
 
 
 def train_transforms(
     image_size: int | Sequence[int],
-    tasks: str | Sequence[str] = ("det",),
+    kinds: str | Sequence[str] = ("boxes",),
     *,
     scale_range: Sequence[float] | None = None,
     hflip: float = 0.5,
@@ -228,12 +250,13 @@ def train_transforms(
 
     Args:
         image_size: network input, int or (H, W).
-        scale_range: factors of the fit-to-input scale (default by tasks, see default_scale_range).
+        kinds: annotation kinds of the trained tasks; they choose the default scale range.
+        scale_range: factors of the fit-to-input scale (default by kinds, see default_scale_range).
         color_jitter: strength of brightness/contrast/saturation jitter (0 = off; hue = strength/4).
         min_area, min_visibility, min_size: boxes whose visible part is smaller (px², fraction of
             the box, px of width or height) after the crop are dropped.
     """
-    lo, hi = scale_range if scale_range is not None else default_scale_range(tasks)
+    lo, hi = scale_range if scale_range is not None else default_scale_range(kinds)
     if not 0 < lo <= hi:
         raise ConfigError(f"scale_range {scale_range!r}: expected 0 < min <= max")
     ops: list[A.BasicTransform] = [FitScaleCrop(image_size, (lo, hi), random_offset=True), A.HorizontalFlip(p=hflip)]
@@ -250,7 +273,3 @@ def eval_transforms(image_size: int | Sequence[int]) -> SampleTransform:
         [FitScaleCrop(image_size)], bbox_params=_bbox_params(0.0, 0.0, 0.0), save_applied_params=True
     )
     return SampleTransform(compose, train=False)
-
-
-def build_transforms(train: bool, image_size: int | Sequence[int], tasks=("det",), **options: Any) -> SampleTransform:
-    return train_transforms(image_size, tasks, **options) if train else eval_transforms(image_size)

@@ -1,10 +1,10 @@
 """Pascal VOC adapters: detection (VOC 2007, 2012, 07+12) and segmentation (2012, SBD train_aug).
 
-Layout (FACTS.md §5): ``VOCdevkit/VOC{year}/{JPEGImages, Annotations, SegmentationClass,
+Layout: ``VOCdevkit/VOC{year}/{JPEGImages, Annotations, SegmentationClass,
 ImageSets/{Main,Segmentation}}``. XML boxes are 1-based inclusive pixel indices and become
 0-based continuous xyxy as (xmin - 1, ymin - 1, xmax, ymax). ``difficult`` objects are
 kept as a flag: in training they are ``ignore=True`` boxes by default (or dropped, or kept
-as normal boxes), and ``det_gt()`` marks them ``iscrowd=1, ignore=1`` so COCOeval does not
+as normal boxes), and ``box_gt()`` marks them ``iscrowd=1, ignore=1`` so COCOeval does not
 count them, as the VOC protocol does.
 
 Segmentation masks are palette PNGs whose palette index is the class (0 background, 1..20,
@@ -14,21 +14,24 @@ data. SBD masks come from ``cls/*.mat`` (GTcls.Segmentation) or from a pre-conve
 ``SegmentationClassAug/*.png`` folder; an image that has an official VOC mask uses it
 (it carries the 255 void borders SBD lacks).
 
-With tasks ("det", "seg") the Segmentation lists are read and an image that also has an
+With annotations ("det", "seg") the Segmentation lists are read and an image that also has an
 XML yields boxes and mask; one without an XML yields only its mask and is left out of
-``det_gt()``.
+``box_gt()``.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
-from .dataset import DetSegDataset, normalize_tasks
+from .dataset import AnnotatedDataset, select_annotations
 from .io import check_mask, image_size, read_image, read_mask, read_sbd_mat, read_split_list, read_xml
+
+log = logging.getLogger(__name__)
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -51,11 +54,13 @@ class VocItem:
     mask: Path | None = None
 
 
-class VocDataset(DetSegDataset):
+class VocDataset(AnnotatedDataset):
+    ANNOTATIONS = {"det": "boxes", "seg": "mask"}
+
     def __init__(
         self,
         items: Sequence[VocItem],
-        tasks: str | Sequence[str] = ("det",),
+        annotations: str | Sequence[str] = ("det",),
         transform: Callable[..., dict[str, Any]] | None = None,
         *,
         name: str = "voc2012",
@@ -71,11 +76,11 @@ class VocDataset(DetSegDataset):
             items: the split's images (see ``voc_items``).
             classes: object class names in label order (default VOC's 20); seg adds background.
             difficult: training treatment of difficult objects: "ignore" (ignore=True box),
-                "drop", or "keep" (a normal box). det_gt() always marks them ignored.
+                "drop", or "keep" (a normal box). box_gt() always marks them ignored.
             drop_empty: drop images without a non-ignored box (detection only; parses every XML).
             box_tolerance: pixels a box may exceed its image before it is an error.
         """
-        super().__init__(name=name, tasks=tasks, transform=transform, on_error=on_error, seed=seed)
+        super().__init__(name=name, annotations=annotations, transform=transform, on_error=on_error, seed=seed)
         if difficult not in DIFFICULT_MODES:
             raise ConfigError(f"difficult={difficult!r}; valid values: {', '.join(DIFFICULT_MODES)}")
         self.items = list(items)
@@ -86,7 +91,7 @@ class VocDataset(DetSegDataset):
         self.difficult = difficult
         self.box_tolerance = float(box_tolerance)
         self._xml_cache: dict[int, dict[str, Any]] = {}
-        if drop_empty and "seg" not in self.tasks:
+        if drop_empty and "seg" not in self.annotations:
             self.items = [it for i, it in enumerate(self.items) if self._has_usable_box(i)]
             self._xml_cache.clear()
         self.image_ids = list(range(len(self.items)))
@@ -176,12 +181,12 @@ class VocDataset(DetSegDataset):
             "orig_size": tuple(hw),
             "dataset": self.name,
         }
-        if "det" in self.tasks and item.xml is not None:
-            sample.update(self._det_targets(index, hw))
-        if "seg" in self.tasks and item.mask is not None:
+        if "det" in self.annotations and item.xml is not None:
+            sample["det"] = self._det_targets(index, hw)
+        if "seg" in self.annotations and item.mask is not None:
             mask = read_sbd_mat(item.mask) if item.mask.suffix == ".mat" else read_mask(item.mask)
             check_mask(mask, len(self.classes) + 1, item.mask, hw, item.image)
-            sample["mask"] = mask
+            sample["seg"] = mask
         return sample
 
     def _det_targets(self, index: int, hw: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -195,7 +200,7 @@ class VocDataset(DetSegDataset):
         }
 
     # ----------------------------------------------------------------- GT
-    def _det_gt_dict(self) -> dict[str, Any]:
+    def _box_gt_dict(self, annotation: str) -> dict[str, Any]:
         images, anns = [], []
         for i, item in enumerate(self.items):
             if item.xml is None:
@@ -247,13 +252,13 @@ def _list_file(voc_dir: Path, kind: str, split: str) -> Path:
     return path
 
 
-def _items_from_list(voc_dir: Path, list_file: Path, tasks: tuple[str, ...], seg_list: bool) -> list[VocItem]:
+def _items_from_list(voc_dir: Path, list_file: Path, annotations: Sequence[str], seg_list: bool) -> list[VocItem]:
     items = []
     for id_ in read_split_list(list_file):
         xml = voc_dir / "Annotations" / f"{id_}.xml"
         if seg_list:  # joint: boxes where an XML exists
-            xml = xml if ("det" in tasks and xml.is_file()) else None
-        mask = voc_dir / "SegmentationClass" / f"{id_}.png" if "seg" in tasks else None
+            xml = xml if ("det" in annotations and xml.is_file()) else None
+        mask = voc_dir / "SegmentationClass" / f"{id_}.png" if "seg" in annotations else None
         items.append(VocItem(id_, voc_dir / "JPEGImages" / f"{id_}.jpg", list_file, xml, mask))
     return items
 
@@ -293,7 +298,7 @@ def sbd_ids(sbd_dir: Path, voc_dir: Path) -> tuple[list[str], Path]:
 
 
 def train_aug_items(
-    root: Path, voc_dir: Path, tasks: tuple[str, ...], sbd_root: str | Path | None = None
+    root: Path, voc_dir: Path, annotations: Sequence[str], sbd_root: str | Path | None = None
 ) -> list[VocItem]:
     """VOC seg train ∪ SBD (train + val) − VOC seg val, sorted by id."""
     sbd = find_sbd_dir(root, voc_dir, sbd_root)
@@ -307,9 +312,9 @@ def train_aug_items(
         if not image.is_file() and (sbd / "img" / f"{id_}.jpg").is_file():
             image = sbd / "img" / f"{id_}.jpg"
         xml = voc_dir / "Annotations" / f"{id_}.xml"
-        xml = xml if ("det" in tasks and xml.is_file()) else None
+        xml = xml if ("det" in annotations and xml.is_file()) else None
         mask = None
-        if "seg" in tasks:
+        if "seg" in annotations:
             for cand in (
                 voc_dir / "SegmentationClass" / f"{id_}.png",
                 sbd / "SegmentationClassAug" / f"{id_}.png",
@@ -326,25 +331,36 @@ def train_aug_items(
 
 
 def voc_items(
-    root: str | Path, year: str, split: str, tasks: tuple[str, ...], sbd_root: str | Path | None = None
+    root: str | Path, year: str, split: str, annotations: Sequence[str], sbd_root: str | Path | None = None
 ) -> list[VocItem]:
     """The split's items: Main lists for detection only, Segmentation lists when seg is asked."""
     root = Path(root)
     voc_dir = find_voc_dir(root, year)
     if split in TRAIN_AUG:
-        if "seg" not in tasks:
-            raise ConfigError("split 'train_aug' is a segmentation split; ask for the 'seg' task or use 'trainval'")
-        return train_aug_items(root, voc_dir, tasks, sbd_root)
-    if "seg" in tasks:
-        return _items_from_list(voc_dir, _list_file(voc_dir, "Segmentation", split), tasks, seg_list=True)
-    return _items_from_list(voc_dir, _list_file(voc_dir, "Main", split), tasks, seg_list=False)
+        if "seg" not in annotations:
+            raise ConfigError("split 'train_aug' is a segmentation split; ask for the 'seg' masks or use 'trainval'")
+        return train_aug_items(root, voc_dir, annotations, sbd_root)
+    if "seg" in annotations:
+        return _items_from_list(voc_dir, _list_file(voc_dir, "Segmentation", split), annotations, seg_list=True)
+    return _items_from_list(voc_dir, _list_file(voc_dir, "Main", split), annotations, seg_list=False)
 
 
 # --------------------------------------------------------------------- builders
+def voc2012_train_split(root: Path, annotations: Sequence[str], options: dict[str, Any]) -> str:
+    """``train_aug`` for segmentation when SBD is found (paper §5.2, standard VOC practice), else ``train``."""
+    if "seg" in annotations:
+        try:
+            find_sbd_dir(root, find_voc_dir(root, "2012"), options.get("sbd_root"))
+            return "train_aug"
+        except DatasetError:
+            log.info("SBD not found under %s: training segmentation on VOC 2012 'train' (not train_aug)", root)
+    return "train"
+
+
 def build_voc(
     root: str | Path,
     split: str = "train",
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     transform: Callable[..., dict[str, Any]] | None = None,
     *,
     year: str = "2012",
@@ -352,46 +368,47 @@ def build_voc(
     sbd_root: str | Path | None = None,
     **options: Any,
 ) -> VocDataset:
-    t = normalize_tasks(tasks)
-    items = voc_items(root, year, split, t, sbd_root)
-    return VocDataset(items, t, transform, name=name or f"voc{year}", **options)
+    name = name or f"voc{year}"
+    a = tuple(select_annotations(annotations, VocDataset.ANNOTATIONS, name))
+    items = voc_items(root, year, split, a, sbd_root)
+    return VocDataset(items, a, transform, name=name, **options)
 
 
 def build_voc2012(
     root: str | Path,
     split: str = "train",
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     transform: Callable[..., dict[str, Any]] | None = None,
     *,
     sbd_root: str | Path | None = None,
     **options: Any,
 ) -> VocDataset:
     """VOC 2012: Main lists for detection; Segmentation lists (and ``train_aug``) for seg."""
-    return build_voc(root, split, tasks, transform, year="2012", sbd_root=sbd_root, **options)
+    return build_voc(root, split, annotations, transform, year="2012", sbd_root=sbd_root, **options)
 
 
 def build_voc2007(
     root: str | Path,
     split: str = "trainval",
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     transform: Callable[..., dict[str, Any]] | None = None,
     **options: Any,
 ) -> VocDataset:
     """VOC 2007 (the detection benchmark's ``test`` split is 2007's)."""
-    return build_voc(root, split, tasks, transform, year="2007", **options)
+    return build_voc(root, split, annotations, transform, year="2007", **options)
 
 
 def build_voc0712(
     root: str | Path,
     split: str = "trainval",
-    tasks: str | Sequence[str] = ("det",),
+    annotations: str | Sequence[str] = ("det",),
     transform: Callable[..., dict[str, Any]] | None = None,
     **options: Any,
 ) -> VocDataset:
     """VOC 2007 + 2012 detection: ``trainval``/``train``/``val`` join both years; ``test`` is 2007's."""
-    t = normalize_tasks(tasks)
-    if "seg" in t:
+    a = tuple(select_annotations(annotations, VocDataset.ANNOTATIONS, "voc0712"))
+    if "seg" in a:
         raise ConfigError("voc0712 is a detection dataset; use voc2012 (train / train_aug) for segmentation")
     years = ("2007",) if split == "test" else ("2007", "2012")
-    items = [it for y in years for it in voc_items(root, y, split, t)]
-    return VocDataset(items, t, transform, name="voc0712", **options)
+    items = [it for y in years for it in voc_items(root, y, split, a)]
+    return VocDataset(items, a, transform, name="voc0712", **options)

@@ -1,9 +1,11 @@
-"""Checkpoints that survive a kill and load without arbitrary pickle (issue 5, item 4).
+"""Checkpoints that survive a kill and load without arbitrary pickle: the file formats
+(engine/checkpointer.py gathers a training run's state into them).
 
 A training checkpoint (``last.pt``, ``best.pt``) is one ``torch.save`` of tensors and plain
 containers only, so ``torch.load(path, weights_only=True)`` reads it: model, EMA, optimizer,
 scheduler and scaler state, progress counters, RNG states and the resolved experiment
-config. Release weights go to ``model.safetensors`` with the config in its metadata.
+config. Release weights go to ``model.safetensors`` with the config in its metadata, next to
+``config.json`` and a model card: the run folder is a pretrained folder (multitask_edet/hub.py).
 
 Every file is written to a temporary name in the same folder, flushed to disk and moved
 into place with ``os.replace``, so a kill at any moment leaves the previous file intact.
@@ -114,7 +116,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         return sd, info
     ckpt = load_checkpoint(path)
     sd = ckpt.get("ema") or ckpt["model"]
-    return sd, {k: ckpt.get(k) for k in ("config", "class_names", "state")}
+    return sd, {k: ckpt.get(k) for k in ("config", "class_names", "model_config", "state")}
 
 
 # ---- RNG state: converted to tensors/ints/lists so weights_only loading accepts it ----

@@ -1,4 +1,4 @@
-"""The experiment config: model + tasks + data + training recipe + output (issue 5 items 1–2).
+"""The experiment config: model + tasks + data + training recipe + output.
 
 One typed dataclass tree, built from a recipe YAML (``multitask_edet/configs/*.yaml``, or
 any file), then the CLI's flags, then ``--set a.b=c`` overrides — every layer validated
@@ -6,7 +6,12 @@ strictly (an unknown key is an error naming the valid ones). The resolved config
 as ``config.yaml`` in the run folder and inside every checkpoint, so evaluation, prediction
 and export rebuild the same model from a checkpoint alone.
 
-Recipe defaults are the paper's (§5.1, FACTS.md §3): SGD momentum 0.9, weight decay 4e-5
+Every task has a top-level section named after it (``det:``, ``seg:``, ``drivable:``,
+``centres:``): ``type`` (the registered task type; default: the name itself) and the fields
+of that type's Config (tasks/base.py). The sections are validated, together with the model's
+settings, when the config is built — a misspelled key fails before any data is read.
+
+Recipe defaults are the paper's (§5.1): SGD momentum 0.9, weight decay 4e-5
 (none on BN and biases), linear warm-up for one epoch then cosine, lr 0.16 at a global batch
 of 128 (scaled linearly with the actual global batch), EMA decay 0.9998, gradient clipping.
 
@@ -17,6 +22,7 @@ differ only in what differs.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,9 +32,8 @@ import yaml
 
 from ..config_utils import from_dict, load_yaml, parse_overrides, to_dict
 from ..errors import ConfigError
-from ..tasks.detection.config import DetEvalConfig, DetLossConfig, DetPostprocessConfig
-from ..tasks.segmentation.config import SegLossConfig
 
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,12 +47,9 @@ class ModelSpec:
     checkpoint_strict: bool = True
     #: (H, W) network input; None = the variant's native size. Multiple of 2**max_level.
     image_size: tuple[int, int] | None = None
-    #: overrides of the variant's BackboneConfig / NeckConfig / DetHeadConfig / SegHeadConfig
-    #: fields (validated against them); num_classes defaults to the dataset's class count
+    #: overrides of the variant's BackboneConfig / NeckConfig fields (validated against them)
     backbone: dict[str, Any] = field(default_factory=dict)
     neck: dict[str, Any] = field(default_factory=dict)
-    det: dict[str, Any] = field(default_factory=dict)
-    seg: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = False
 
 
@@ -58,7 +60,7 @@ class DataConfig:
     dataset: str = "coco"
     #: data root; None = $MTEDET_DATA, then ./data
     root: str | None = None
-    #: None = the dataset's default: "train" (seg on voc2012: train_aug when SBD is present)
+    #: None = the dataset's default: "train" (voc2012 masks: train_aug when SBD is present)
     train_split: str | None = None
     val_split: str = "val"
     #: DataLoader worker processes per training process
@@ -116,8 +118,9 @@ class TrainConfig:
     max_nonfinite: int = 20
     #: also write last.pt every N steps (0 = at evaluations, epoch ends and exit only)
     checkpoint_every_steps: int = 0
-    #: multi-task: fixed | uncertainty | dwa; per-task weights; options of the weighting rule
-    loss_weighting: Literal["fixed", "uncertainty", "dwa"] = "fixed"
+    #: multi-task: a registered loss weighting rule (fixed | uncertainty | dwa, engine/weighting.py);
+    #: per-task weights; options of the rule
+    loss_weighting: str = "fixed"
     loss_weights: dict[str, float] = field(default_factory=dict)
     loss_weighting_options: dict[str, Any] = field(default_factory=dict)
     #: parts to freeze (backbone, neck, a task name, or a module path)
@@ -159,39 +162,68 @@ class LogConfig:
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
 
 
-@dataclass
-class DetTaskOptions:
-    loss: DetLossConfig = field(default_factory=DetLossConfig)
-    postprocess: DetPostprocessConfig = field(default_factory=DetPostprocessConfig)
-    eval: DetEvalConfig = field(default_factory=DetEvalConfig)
-
-
-@dataclass
-class SegTaskOptions:
-    loss: SegLossConfig = field(default_factory=SegLossConfig)
-    #: horizontal-flip test-time augmentation at evaluation/prediction
-    flip_test: bool = False
+_SECTIONS = ("tasks", "plugins", "model", "data", "train", "eval", "log", "output")
 
 
 @dataclass
 class ExperimentConfig:
-    #: tasks trained together on the shared trunk: det, seg, or a registered task
+    #: tasks trained together on the shared trunk: det, seg, or any task of a registered type
     tasks: tuple[str, ...] = ("det",)
+    #: modules or .py files imported before the config is validated: where a user's task types,
+    #: datasets or loss weightings register themselves (a recipe's relative paths are relative to it)
+    plugins: list[str] = field(default_factory=list)
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    det: DetTaskOptions = field(default_factory=DetTaskOptions)
-    seg: SegTaskOptions = field(default_factory=SegTaskOptions)
     #: run folder; None = runs/<tasks>-<dataset>-<model>
     output: str | None = None
+    #: each task's section as given (``type`` + fields of the type's Config); to_dict/YAML
+    #: write them at the top level under the task's name
+    task_sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self):
+        self.task_sections = {**{t: {} for t in self.tasks}, **self.task_sections}
         validate(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ExperimentConfig":
+        """A config from its dict form (YAML): top-level keys other than the sections are task sections."""
+        data = _migrate(dict(data))
+        plugins = data.get("plugins") or []
+        if not isinstance(plugins, (list, tuple)) or not all(isinstance(p, str) for p in plugins):
+            raise ConfigError(f"plugins must be a list of module names or .py files, got {plugins!r}")
+        load_plugins(plugins)
+        known = {k: v for k, v in data.items() if k in _SECTIONS}
+        if isinstance(known.get("tasks"), str):
+            known["tasks"] = [t.strip() for t in known["tasks"].split(",") if t.strip()]
+        tasks = [str(t) for t in (known.get("tasks") or cls.tasks)] if isinstance(known.get("tasks", []), (list, tuple)) else []
+        sections = {}
+        for k, v in data.items():
+            if k in _SECTIONS:
+                continue
+            if k == "task_sections":
+                raise ConfigError("task sections are written at the top level under the task's name (e.g. det: {...})")
+            if k not in tasks and not _is_task_type(k):
+                raise ConfigError(
+                    f"unknown config key {k!r}; valid keys: {', '.join(_SECTIONS)} and a section per task "
+                    f"(tasks of this config: {', '.join(tasks) or 'none'})"
+                )
+            if v is not None and not isinstance(v, Mapping):
+                raise ConfigError(f"config section {k!r} must be a mapping of the task's options, got {v!r}")
+            if k not in tasks:
+                # e.g. a base recipe's section of a task this recipe does not train
+                log.info("config section %r is for a task this run does not train (tasks: %s); ignored", k, ", ".join(tasks))
+                continue
+            sections[k] = dict(v or {})
+        return from_dict(cls, {**known, "task_sections": sections})
+
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        d = to_dict(self)
+        d.pop("task_sections")
+        d.update({t: to_dict(self.task_sections[t]) for t in self.tasks})
+        return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -202,9 +234,75 @@ class ExperimentConfig:
         tasks = "+".join(self.tasks)
         return Path("runs") / f"{tasks}-{self.data.dataset}-{self.model.name}"
 
+    def task_config(self, name: str, class_names: Sequence[str] | None = None) -> Any:
+        """The typed config of task ``name`` (defaults ← the model variant's ← class count ← its section)."""
+        from ..tasks.base import resolve_task_config
+
+        return resolve_task_config(name, self.task_sections.get(name), self.model_config().task_defaults, class_names)[1]
+
+    def model_config(self):
+        """The model variant with this experiment's backbone/neck/image-size overrides (no task options)."""
+        from ..models.factory import resolve_config
+
+        overrides: dict[str, Any] = {k: dict(getattr(self.model, k)) for k in ("backbone", "neck") if getattr(self.model, k)}
+        if self.model.image_size is not None:
+            overrides["image_size"] = tuple(self.model.image_size)
+        return resolve_config(self.model.name, where="model", tasks={t: {} for t in self.tasks}, **overrides)
+
+
+_LOADED_PLUGINS: dict[str, Any] = {}
+
+
+def load_plugins(plugins: Sequence[str]) -> None:
+    """Import each plugin once per process: a module name (``my_pkg.tasks``) or a ``.py`` file."""
+    import importlib
+    import importlib.util
+    import sys
+
+    for p in plugins:
+        key = str(Path(p).resolve()) if p.endswith(".py") else p
+        if key in _LOADED_PLUGINS:
+            continue
+        try:
+            if p.endswith(".py"):
+                path = Path(key)
+                if not path.is_file():
+                    raise ConfigError(f"plugin file {p} does not exist")
+                name = f"mtedet_plugin_{path.stem}_{abs(hash(key)) % 10**8}"
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(p)
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"plugin {p!r} cannot be imported ({e}); give an importable module or a .py file") from None
+        _LOADED_PLUGINS[key] = module
+
+
+def _is_task_type(name: str) -> bool:
+    from ..tasks import TASKS
+
+    return name in TASKS
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved by version 0.1 kept head shapes under ``model.det``/``model.seg``: move them
+    into the task sections, so its checkpoints keep loading."""
+    model = data.get("model")
+    if not isinstance(model, Mapping) or not ({"det", "seg"} & set(model)):
+        return data
+    data, model = dict(data), dict(model)
+    for t in ("det", "seg"):
+        head = model.pop(t, None)
+        if head:
+            data[t] = {**dict(head), **dict(data.get(t) or {})}
+    data["model"] = model
+    return data
+
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Checks across fields (types are checked by from_dict)."""
+    """Checks across fields (types are checked by from_dict), the model settings and every task section."""
     if not cfg.tasks:
         raise ConfigError("tasks is empty; give at least one, e.g. --task det")
     if len(set(cfg.tasks)) != len(cfg.tasks):
@@ -233,12 +331,24 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
     if cfg.log.every_steps < 1:
         raise ConfigError(f"log.every_steps must be >= 1, got {cfg.log.every_steps}")
+    from .weighting import WEIGHTINGS
+
+    if t.loss_weighting not in WEIGHTINGS:
+        raise ConfigError(f"train.loss_weighting {t.loss_weighting!r}: valid rules: {', '.join(WEIGHTINGS.names())}")
+    unknown = sorted(set(cfg.task_sections) - set(cfg.tasks))
+    if unknown:
+        raise ConfigError(f"task section(s) {unknown} name no task of this config (tasks: {list(cfg.tasks)})")
+    # the model's settings and every task's section, as the run will build them
+    for task in cfg.tasks:
+        cfg.task_config(task)
 
 
 # ---------------------------------------------------------------------------- recipes
 
 def list_recipes() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+    """The shipped recipes (files starting with "_" hold other settings, not recipes)."""
+    return sorted(p.name[: -len(".yaml")] for p in _recipe_dir().iterdir()
+                  if p.name.endswith(".yaml") and not p.name.startswith("_"))
 
 
 def _recipe_dir():
@@ -268,6 +378,9 @@ def load_recipe(name_or_path: str | Path, _seen: tuple[str, ...] = ()) -> dict[s
     if key in _seen:
         raise ConfigError(f"config {path} includes itself through 'base'")
     data = load_yaml(path)
+    if isinstance(data.get("plugins"), list):
+        data["plugins"] = [str(path.parent / p) if isinstance(p, str) and p.endswith(".py") and not Path(p).is_absolute()
+                           else p for p in data["plugins"]]
     bases = data.pop("base", None)
     if bases is None:
         return data
@@ -291,16 +404,60 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 
 
 def default_recipe(tasks: Sequence[str], dataset: str | None) -> str:
-    """The recipe used when no --config is given (issue 5 item 1 defaults)."""
-    tasks = tuple(tasks)
+    """The recipe used when no --config is given: the rules of ``configs/_default-recipes.yaml``."""
+    path = Path(str(_recipe_dir().joinpath("_default-recipes.yaml")))
+    rules = yaml.safe_load(path.read_text()) or []
     ds = dataset or ""
-    if tasks == ("seg",):
-        return "seg-voc-d4"
-    if "det" in tasks and "seg" in tasks:
-        return "joint-coco-voc" if "+" in ds else "joint-voc-d0"
-    if ds in ("voc0712", "voc2007"):  # the VOC detection benchmark: trainval → 2007 test
-        return "det-voc-d0"
-    return "det-coco-d0"
+    for rule in rules:
+        want = rule.get("dataset")
+        names = [want] if isinstance(want, str) else list(want or [])
+        if not set(rule.get("tasks") or ()) <= set(tasks):
+            continue
+        if want is None or (want == "mixed" and "+" in ds) or ds in names:
+            return rule["recipe"]
+    raise ConfigError(f"no default recipe fits tasks {list(tasks)} and dataset {ds!r}; pass --config RECIPE")
+
+
+#: the named settings of the CLI's flags and of ``Experiment``'s keywords → the config path each sets
+OVERRIDE_PATHS = {
+    "tasks": "tasks", "dataset": "data.dataset", "data_root": "data.root", "workers": "data.workers",
+    "on_error": "data.on_error", "mix_ratio": "data.mix_ratio", "model": "model.name", "image_size": "model.image_size",
+    "epochs": "train.epochs", "max_steps": "train.max_steps", "batch_size": "train.batch_size", "device": "train.device",
+    "amp": "train.amp", "seed": "train.seed", "lr": "train.lr", "base_lr": "train.base_lr", "optimizer": "train.optimizer",
+    "ema": "train.ema", "weighting": "train.loss_weighting", "loss_weights": "train.loss_weights",
+    "freeze": "train.freeze", "lr_mult": "train.lr_mult", "output": "output",
+}  # fmt: skip
+
+
+def experiment_overrides(**values: Any) -> dict[str, Any]:
+    """Named settings (``OVERRIDE_PATHS``; None = not given) → the nested config updates they stand for.
+
+    What ``mtedet train``'s flags and ``Experiment(...)``'s keywords share, so both map them alike:
+    ``tasks`` may be "det,seg"; ``image_size`` an int or (H, W); ``dataset`` a mapping
+    {task: dataset} for mixed-dataset training.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in OVERRIDE_PATHS:
+            raise ConfigError(f"unknown setting {key!r}; named settings: {', '.join(OVERRIDE_PATHS)}")
+        if value is None:
+            continue
+        if key == "tasks" and isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        elif key == "image_size":
+            value = [int(value), int(value)] if isinstance(value, (int, float)) else [int(v) for v in value]
+        elif key == "dataset" and isinstance(value, Mapping):
+            value = "+".join(f"{t}={name}" for t, name in value.items())
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, (tuple, list)) or isinstance(value, Mapping):
+            value = copy.deepcopy(dict(value) if isinstance(value, Mapping) else list(value))
+        node = out
+        *parents, leaf = OVERRIDE_PATHS[key].split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
 
 
 def build_config(
@@ -318,7 +475,7 @@ def build_config(
     flat = parse_overrides(set_items)
     layered = deep_merge(dict(overrides or {}), flat)
     if config is None:
-        want = tasks or layered.get("tasks") or ("det",)
+        want = tasks or layered.get("tasks") or ()
         want = tuple(want.split(",")) if isinstance(want, str) else tuple(want)
         ds = (layered.get("data") or {}).get("dataset")
         config = default_recipe(want, ds)
@@ -326,23 +483,34 @@ def build_config(
     if tasks is not None:
         raw["tasks"] = list(tasks)
     raw = deep_merge(raw, layered)
-    if isinstance(raw.get("tasks"), str):
-        raw["tasks"] = [t.strip() for t in raw["tasks"].split(",") if t.strip()]
-    return from_dict(ExperimentConfig, raw)
+    _check_explicit_sections(layered, raw.get("tasks") or ExperimentConfig.tasks)
+    return ExperimentConfig.from_dict(raw)
+
+
+def _check_explicit_sections(layered: Mapping[str, Any], tasks: str | Sequence[str]) -> None:
+    """A section given explicitly (``--set x.y=...``, an API keyword) for a task the run does not
+    train would do nothing: that is an error, unlike a base recipe's unused section."""
+    want = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [str(t) for t in tasks]
+    for k in layered:
+        if k not in _SECTIONS and k not in want:
+            raise ConfigError(
+                f"setting {k!r} names no section of the config and no task of this run (tasks: {', '.join(want)}); "
+                f"valid sections: {', '.join(_SECTIONS)} and one per task"
+            )
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ExperimentConfig:
     """Rebuild a saved config (config.yaml, a checkpoint's ``config`` entry)."""
-    return from_dict(ExperimentConfig, dict(data))
+    return ExperimentConfig.from_dict(data)
 
 
 def replace(cfg: ExperimentConfig, **sections: Any) -> ExperimentConfig:
     """A copy with nested updates, validated: ``replace(cfg, train={"epochs": 1})``."""
-    return from_dict(ExperimentConfig, deep_merge(cfg.to_dict(), sections))
+    return ExperimentConfig.from_dict(deep_merge(cfg.to_dict(), sections))
 
 
 __all__ = [
-    "DataConfig", "DetTaskOptions", "EvalConfig", "ExperimentConfig", "LogConfig", "ModelSpec",
-    "SegTaskOptions", "TrainConfig", "build_config", "config_from_dict", "default_recipe",
-    "list_recipes", "load_recipe", "recipe_path", "replace",
+    "DataConfig", "EvalConfig", "ExperimentConfig", "LogConfig", "ModelSpec", "TrainConfig", "build_config",
+    "config_from_dict", "default_recipe", "experiment_overrides", "list_recipes", "load_recipe", "recipe_path",
+    "replace",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Multi-process training with PyTorch's own engine (torchrun + DDP), issue 5 item 5.
+"""Multi-process training with PyTorch's own engine (torchrun + DDP).
 
 ``torchrun --nproc_per_node=N -m multitask_edet train ...`` sets RANK / WORLD_SIZE /
 LOCAL_RANK / MASTER_ADDR; :func:`init_distributed` reads them (NCCL on GPUs, gloo on CPU).
@@ -113,24 +113,6 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def any_across_ranks(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank (all ranks get the same answer)."""
-    if world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-@torch.no_grad()
 def broadcast_module_state(module: nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s parameters and buffers into every rank's ``module``.
 
@@ -164,7 +146,14 @@ def wrap_model(model: nn.Module, device: torch.device, find_unused_parameters: b
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    """The model inside DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 class ResumableSampler(Sampler[int]):

@@ -1,16 +1,17 @@
-"""What happens around the training step (detectron2-style hooks), issue 5 items 2–4.
+"""What happens around the training step (detectron2-style hooks).
 
-Order matters and is the order of registration in engine/build.py: EMA update → LR
+Order matters and is the order of registration in engine/run.py: EMA update → LR
 schedule → evaluation → checkpoint → logging. Every hook runs on every rank (evaluation
 and checkpoint gathering are collective); only rank 0 writes files.
 
-Run folder (issue 5 item 3)::
+Run folder::
 
     config.yaml        the resolved experiment config
     metrics.jsonl      one JSON object per logged step / evaluation
     tb/                TensorBoard events
     last.pt, best.pt   full training state (torch.load(weights_only=True) reads them)
-    model.safetensors  release weights (EMA when used) + config in the metadata
+    model.safetensors  release weights (EMA when used) + config in the metadata, with
+    config.json, README.md  the model's config and model card: a pretrained folder (hub.py)
     eval/              evaluation reports (JSON + text tables) per evaluation
     skipped.json       samples skipped under data.on_error=skip (when there were any)
 """
@@ -25,121 +26,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
-
-from ..errors import CheckpointError
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, save_safetensors, set_rng_state
-from .distributed import all_gather_object, is_main_process, unwrap, world_size
+from .checkpointer import Checkpointer
+from .distributed import is_main_process, unwrap
 from .trainer import Hook
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- checkpoints
-
-class Checkpointer:
-    """Gathers the whole training state and writes/reads it (rank 0 writes)."""
-
-    def __init__(
-        self,
-        run_dir: str | Path,
-        *,
-        trainer,
-        scheduler=None,
-        ema=None,
-        config: Mapping[str, Any] | None = None,
-        class_names: Mapping[str, list[str]] | None = None,
-        extra_state: Mapping[str, Any] | None = None,
-    ):
-        self.run_dir = Path(run_dir)
-        self.trainer = trainer
-        self.scheduler = scheduler
-        self.ema = ema
-        self.config = dict(config or {})
-        self.class_names = {k: list(v) for k, v in (class_names or {}).items()}
-        #: name → object with state_dict()/load_state_dict() (hooks with state, e.g. best metric)
-        self.extra_state = dict(extra_state or {})
-        self.last_saved_step = -1
-
-    def release_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights for release/evaluation: the EMA's when EMA is on."""
-        src = self.ema.module if self.ema is not None else unwrap(self.trainer.model)
-        return src.state_dict()
-
-    def payload(self, gather: bool = True) -> dict[str, Any]:
-        t = self.trainer
-        # every rank's RNG state, so a resumed multi-process run continues every stream
-        rngs = all_gather_object(rng_state()) if gather else [rng_state()]
-        out: dict[str, Any] = {
-            "config": self.config,
-            "class_names": self.class_names,
-            "model": unwrap(t.model).state_dict(),
-            "optimizer": t.optimizer.state_dict(),
-            "weighting": t.weighting.state_dict(),
-            "state": t.progress_state(),
-            "sampler": {"seed": t.loader.seed, "epoch": t.epoch, "start_batch": t.iter_in_epoch, "world_size": world_size()},
-            "rng": rngs,
-            "hooks": {k: v.state_dict() for k, v in self.extra_state.items()},
-        }
-        if self.ema is not None:
-            out["ema"] = self.ema.module.state_dict()
-        if self.scheduler is not None:
-            out["scheduler"] = self.scheduler.state_dict()
-        if t.scaler is not None:
-            out["scaler"] = t.scaler.state_dict()
-        return out
-
-    def save(self, name: str = "last.pt", gather: bool = True) -> Path | None:
-        payload = self.payload(gather)
-        path = self.run_dir / name
-        if is_main_process():
-            save_checkpoint(path, payload)
-        if name == "last.pt":
-            self.last_saved_step = self.trainer.step
-        return path
-
-    def save_release(self) -> Path | None:
-        if not is_main_process():
-            return None
-        meta = {"config": self.config, "class_names": self.class_names, "step": self.trainer.step}
-        return save_safetensors(self.run_dir / "model.safetensors", self.release_state_dict(), meta)
-
-    def resume(self, path: str | Path) -> dict[str, Any]:
-        """Restore everything from ``path`` (all ranks read it); returns the checkpoint."""
-        ckpt = load_checkpoint(path)
-        t = self.trainer
-        try:
-            unwrap(t.model).load_state_dict(ckpt["model"])
-            if self.ema is not None and "ema" in ckpt:
-                self.ema.module.load_state_dict(ckpt["ema"])
-            t.optimizer.load_state_dict(ckpt["optimizer"])
-            if "weighting" in ckpt:
-                t.weighting.load_state_dict(ckpt["weighting"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"checkpoint {path} does not fit this run ({str(e).splitlines()[0][:300]}); "
-                "resume with the config it was written with (config.yaml of its run folder)"
-            ) from None
-        if self.scheduler is not None and "scheduler" in ckpt:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        if t.scaler is not None and "scaler" in ckpt:
-            t.scaler.load_state_dict(ckpt["scaler"])
-        t.load_progress_state(ckpt["state"])
-        for k, obj in self.extra_state.items():
-            if k in ckpt.get("hooks", {}):
-                obj.load_state_dict(ckpt["hooks"][k])
-        rngs = ckpt.get("rng") or []
-        saved_world = ckpt.get("sampler", {}).get("world_size", 1)
-        if saved_world != world_size():
-            log.warning(
-                "checkpoint was written by %d process(es), this run has %d: training continues, "
-                "but not sample-for-sample as the interrupted run would have", saved_world, world_size())
-        rank = torch.distributed.get_rank() if world_size() > 1 else 0
-        if rank < len(rngs):
-            set_rng_state(rngs[rank])
-        self.last_saved_step = t.step
-        return ckpt
-
 
 class CheckpointHook(Hook):
     """``last.pt`` at every epoch end, every N steps, and whenever the run stops."""
@@ -244,7 +138,7 @@ class EvalHook(Hook):
             self.run()
 
     def run(self) -> dict[str, dict[str, float]]:
-        from .evaluate import format_report, save_pictures
+        from .reports import format_report, save_pictures
 
         t = self.trainer
         start = time.perf_counter()

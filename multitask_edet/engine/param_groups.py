@@ -14,7 +14,7 @@ it back in eval mode before every forward: the trainer needs no extra call after
 new modules without the hook.) A task whose head is frozen is dropped from the loss
 (``frozen_tasks``) — computing it would still send gradients into the shared trunk.
 
-Weight decay: none on normalisation parameters and biases by default (issue 5; timm and
+Weight decay: none on normalisation parameters and biases by default (timm and
 detectron2 do the same). The BiFPN fusion weights keep their decay, as in the TF reference.
 
 ``keep_buffers`` restores the BatchNorm running statistics of modules across a forward pass:
@@ -38,20 +38,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .distributed import unwrap
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 _FROZEN_FLAG = "_mtedet_frozen_bn"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def _task_names(model: nn.Module) -> list[str]:

@@ -1,27 +1,29 @@
-"""``mtedet predict``: a trained model on image files (issue 5 item 7).
+"""``mtedet predict``: a trained model on image files.
 
-Per image ``<stem>.json`` (detections in original pixels with class names and scores, and
-the segmentation's classes), ``<stem>_mask.png`` (class-index palette PNG at the original
-size) and ``<stem>_overlay.png`` (the image with the coloured mask, boxes and labels).
-Images are resized/padded exactly as at evaluation (eval transforms), in batches.
+Per image ``<stem>.json`` (each task's record: detections in original pixels with class
+names and scores, a segmentation's classes and mask file, or what a user's task records),
+``<stem>_<task>_mask.png`` (class-index palette PNG at the original size, per segmentation
+task) and ``<stem>_overlay.png`` (the image with every task's prediction drawn). Images are
+resized/padded exactly as at evaluation (eval transforms), in batches, and go through the same
+inference path as evaluation (engine/inference.py), test-time augmentation included.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from ..datasets.base import collate, normalize_images
-from ..datasets.io import read_image
+from ..datasets.base import collate
+from ..datasets.io import read_image, save_palette_png
 from ..datasets.transforms import eval_transforms
-from ..errors import DatasetError
-from .build import Trained, amp_dtype_for, image_size_of, load_trained
-from .distributed import resolve_device, env_dist_info
-from .trainer import autocast, to_float
+from ..errors import ConfigError, DatasetError
+from .builders import Trained, amp_dtype_for, load_for_inference
+from .distributed import env_dist_info, resolve_device
+from .inference import predict_batch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -45,52 +47,49 @@ def list_images(inputs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def _font():
-    return ImageFont.load_default()
+def _as_array(item: str | Path | np.ndarray, index: int) -> np.ndarray:
+    if not isinstance(item, np.ndarray):
+        return read_image(item)
+    if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+        raise ConfigError(f"image {index}: expected an RGB uint8 array (H, W, 3), got {item.shape} {item.dtype}")
+    return item
 
 
-def colour(label: int) -> tuple[int, int, int]:
-    from ..tasks.segmentation.palette import voc_palette
+def predict_images(
+    trained: Trained,
+    images: Sequence[str | Path | np.ndarray],
+    batch_size: int = 8,
+    device: torch.device | None = None,
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Per image (in order): (the raw sample: image, file_name, orig_size …, {task: prediction}).
 
-    # skip black (index 0) so boxes stay visible on dark images
-    return tuple(int(c) for c in voc_palette()[1 + label % 254])  # type: ignore[return-value]
-
-
-def overlay(image: np.ndarray, mask: np.ndarray | None, dets: Sequence[dict[str, Any]], alpha: float = 0.45) -> Image.Image:
-    """The image with the mask's colours blended in (background and void left clear), boxes and labels."""
-    from ..tasks.segmentation.palette import voc_palette
-
-    out = image.astype(np.float32)
-    if mask is not None:
-        colours = voc_palette().astype(np.float32)[mask]
-        paint = (mask > 0) & (mask != 255)
-        out[paint] = (1 - alpha) * out[paint] + alpha * colours[paint]
-    pic = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(pic)
-    font = _font()
-    for d in dets:
-        x0, y0, x1, y1 = d["box"]
-        c = colour(d["label"])
-        draw.rectangle([x0, y0, x1, y1], outline=c, width=2)
-        text = f"{d['class']} {d['score']:.2f}"
-        tw = font.getlength(text)
-        ty = max(0.0, y0 - 11)
-        draw.rectangle([x0, ty, x0 + tw + 4, ty + 11], fill=c)
-        draw.text((x0 + 2, ty), text, fill=(255, 255, 255) if sum(c) < 380 else (0, 0, 0), font=font)
-    return pic
+    ``images``: files or RGB uint8 arrays. Predictions are in the image's own pixels.
+    """
+    device = device or next(trained.model.parameters()).device
+    transform = eval_transforms(trained.image_size)
+    amp = amp_dtype_for(trained.amp, device)
+    for start in range(0, len(images), batch_size):
+        raw = []
+        for k, item in enumerate(images[start : start + batch_size]):
+            img = _as_array(item, start + k)
+            name = str(item) if not isinstance(item, np.ndarray) else f"array-{start + k}"
+            raw.append({"image": img, "image_id": start + k, "file_name": name, "orig_size": img.shape[:2]})
+        preds = predict_batch(trained.model, trained.tasks, collate([transform(dict(s)) for s in raw]), device, amp)
+        for k, sample in enumerate(raw):
+            yield sample, {t: p[k] for t, p in preds.items()}
 
 
-def predict_batch(trained: Trained, batch: dict[str, Any], device: torch.device, amp_dtype=None) -> dict[str, list[Any]]:
-    """Per task, per image predictions in original coordinates."""
-    images = normalize_images(batch["images"], device)
-    with torch.no_grad(), autocast(device, amp_dtype):
-        outputs = trained.model(images)
-    outputs = to_float(outputs)
-    return {t: task.postprocess(outputs[t], batch) for t, task in trained.tasks.items() if t in outputs}
+def draw_overlay(trained: Trained, image: np.ndarray, preds: dict[str, Any], score_threshold: float) -> Image.Image:
+    """The image with every task's prediction drawn: masks first, then what goes on top of them."""
+    canvas = Image.fromarray(image)
+    order = sorted(preds, key=lambda t: trained.tasks[t].annotation != "mask")
+    for t in order:
+        trained.tasks[t].draw(canvas, preds[t], score_threshold=score_threshold)
+    return canvas
 
 
 def run_prediction(
-    checkpoint: str | Path,
+    source: str | Path,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -98,56 +97,39 @@ def run_prediction(
     device: str = "auto",
     score_threshold: float = 0.3,
     overlays: bool = True,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write JSON + mask PNG + overlay PNG per image; returns the JSON records."""
-    from ..tasks.segmentation.palette import save_palette_png
+    """Write JSON + mask PNGs + overlay PNG per image; returns the JSON records.
 
+    ``source``: a checkpoint, run folder, ``save_pretrained`` folder or Hub repository id
+    (builders.py ``load_for_inference``); ``overrides`` change the saved config's inference options
+    (e.g. ``{"seg": {"flip_test": True}}``).
+    """
     dev = resolve_device(device, env_dist_info())
-    trained = load_trained(checkpoint, device=dev)
+    trained = load_for_inference(source, overrides, device=dev)
     files = list_images(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    transform = eval_transforms(image_size_of(trained.config))
-    amp = amp_dtype_for(trained.config.train.amp, dev)
-    det_names = trained.class_names.get("det", [])
-    seg_names = trained.class_names.get("seg", [])
     records = []
     used: set[str] = set()
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        raw = []
-        for k, f in enumerate(chunk):
-            img = read_image(f)
-            raw.append({"image": img, "image_id": start + k, "file_name": str(f), "orig_size": img.shape[:2]})
-        batch = collate([transform(dict(s)) for s in raw])
-        preds = predict_batch(trained, batch, dev, amp)
-        for k, (f, sample) in enumerate(zip(chunk, raw)):
-            h, w = sample["orig_size"]
-            rec: dict[str, Any] = {"file": str(f), "width": int(w), "height": int(h)}
-            dets: list[dict[str, Any]] = []
-            if "det" in preds:
-                p = preds["det"][k]
-                for box, score, label in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist()):
-                    if score < score_threshold:
-                        continue
-                    name = det_names[label] if label < len(det_names) else str(label)
-                    dets.append({"box": [round(v, 2) for v in box], "score": round(score, 4), "label": int(label), "class": name})
-                rec["detections"] = dets
-            mask = None
-            stem = _unique_stem(f, start + k, used)
-            if "seg" in preds:
-                mask = preds["seg"][k].cpu().numpy().astype(np.uint8)
-                save_palette_png(mask, out / f"{stem}_mask.png")
-                present = sorted(int(v) for v in np.unique(mask) if v != 255)
-                rec["segmentation"] = {
-                    "mask": f"{stem}_mask.png",
-                    "classes": {seg_names[v] if v < len(seg_names) else str(v): float((mask == v).mean()) for v in present},
-                }
-            if overlays:
-                overlay(sample["image"], mask, dets).save(out / f"{stem}_overlay.png")
-                rec["overlay"] = f"{stem}_overlay.png"
-            (out / f"{stem}.json").write_text(json.dumps(rec, indent=2))
-            records.append(rec)
+    for index, (sample, preds) in enumerate(predict_images(trained, files, batch_size, dev)):
+        f = Path(sample["file_name"])
+        h, w = sample["orig_size"]
+        stem = _unique_stem(f, index, used)
+        rec: dict[str, Any] = {"file": str(f), "width": int(w), "height": int(h)}
+        for t, p in preds.items():
+
+            def save(suffix: str, array: Any, _t: str = t) -> str:
+                name = f"{stem}_{_t}_{suffix}.png"
+                save_palette_png(array, out / name)
+                return name
+
+            rec[t] = trained.tasks[t].record(p, score_threshold=score_threshold, save=save)
+        if overlays:
+            draw_overlay(trained, sample["image"], preds, score_threshold).save(out / f"{stem}_overlay.png")
+            rec["overlay"] = f"{stem}_overlay.png"
+        (out / f"{stem}.json").write_text(json.dumps(rec, indent=2))
+        records.append(rec)
     return records
 
 

@@ -1,11 +1,11 @@
-"""The training loop (DESIGN.md §4, detectron2's shape; paper §5.1 recipe via the hooks).
+"""The training loop (detectron2's shape; the paper's §5.1 recipe comes in through the hooks).
 
 One step: batch → images normalised on the device → ``model(images)`` → each task's named
 losses → loss weighting → backward → clip → optimizer step. Everything else — EMA, LR
 schedule, evaluation, checkpoints, logging — is a hook (engine/hooks.py) called after
 every step, so the loop stays this small.
 
-Robustness (issue 5 item 4):
+Robustness:
 
 - a non-finite total loss skips the step (no backward, no update) and is counted; after
   ``max_nonfinite`` in a row the run stops with a message and a checkpoint;
@@ -23,16 +23,15 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from contextlib import nullcontext
 from typing import Any, Iterable, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..datasets.base import normalize_images
 from ..tasks.base import Task
 from .distributed import ResumableLoader, unwrap, world_size
+from .inference import autocast, model_images, to_float
 from .param_groups import drop_absent_task_grads, keep_buffers, task_heads
 from .weighting import LossWeighting, sum_task_losses
 
@@ -41,21 +40,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def to_float(x: Any) -> Any:
-    """Cast nested outputs (dicts/lists of tensors) to float32 for the losses and NMS."""
-    if isinstance(x, torch.Tensor):
-        return x.float() if x.is_floating_point() and x.dtype != torch.float32 else x
-    if isinstance(x, Mapping):
-        return {k: to_float(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_float(v) for v in x)
-    return x
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 class Hook:
@@ -132,10 +116,6 @@ class Trainer:
             getattr(h, stage)()
 
     @property
-    def is_last_step(self) -> bool:
-        return self.step >= self.max_steps
-
-    @property
     def stopping(self) -> bool:
         return self.stop_reason is not None
 
@@ -182,7 +162,7 @@ class Trainer:
     def _run_step(self, batch: dict[str, Any], present_local: list[bool]) -> None:
         self.model.train()
         t0 = time.perf_counter()
-        images = normalize_images(batch["images"], self.device, channels_last=self.channels_last)
+        images = model_images(self.model, batch["images"], self.device, channels_last=self.channels_last)
         with autocast(self.device, self.amp_dtype):
             outputs = self.model(images)
         outputs = to_float(outputs)

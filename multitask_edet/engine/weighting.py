@@ -33,6 +33,10 @@ it is multiplied by 0 and adds no regulariser, so it contributes exactly nothing
 (and log-variance's) gradients are then exact zeros, which SGD would still move with momentum
 and weight decay: the trainer sets them to ``None`` (``param_groups.drop_grads``).
 
+A rule of your own is a ``LossWeighting`` subclass registered by name
+(``@register_weighting("mine")``) and chosen with ``train.loss_weighting: mine``; its
+constructor takes the task names, the fixed weights and ``train.loss_weighting_options``.
+
 Parameters (the uncertainty log-variances) must be optimised: ``weighting.param_groups(lr)``
 returns the optimizer groups (no weight decay: decaying ``s_t`` towards 0 would bias sigma).
 DWA's window statistics are buffers, so ``state_dict()`` carries them across a resume.
@@ -47,9 +51,16 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 
-WEIGHTINGS = ("fixed", "uncertainty", "dwa")
+#: loss weighting rules by name (``train.loss_weighting``)
+WEIGHTINGS: Registry[type["LossWeighting"]] = Registry("loss weighting")
 KINDS = {"classification": 1.0, "regression": 0.5}
+
+
+def register_weighting(name: str, cls: type["LossWeighting"] | None = None, *, override: bool = False):
+    """Register a ``LossWeighting`` subclass under ``name`` (usable as a class decorator)."""
+    return WEIGHTINGS.register(name, cls, override=override)
 
 
 def sum_task_losses(
@@ -67,6 +78,7 @@ def sum_task_losses(
     return task_losses, log
 
 
+@register_weighting("fixed")
 class LossWeighting(nn.Module):
     """Base: fixed per-task weights. A rule is a ``_term`` (one task's share of the total)."""
 
@@ -150,6 +162,7 @@ class LossWeighting(nn.Module):
         return total, log
 
 
+@register_weighting("uncertainty")
 class UncertaintyWeighting(LossWeighting):
     kind = "uncertainty"
 
@@ -188,6 +201,7 @@ class UncertaintyWeighting(LossWeighting):
         return term, {f"weight/{task}": c * math.exp(-float(s.detach())), f"log_var/{task}": float(s.detach())}
 
 
+@register_weighting("dwa")
 class DynamicWeightAveraging(LossWeighting):
     kind = "dwa"
 
@@ -260,11 +274,12 @@ def build_weighting(
     weights: Mapping[str, float] | None = None,
     **opts,
 ) -> LossWeighting:
-    """``fixed`` | ``uncertainty`` (opts: kinds, init_log_var) | ``dwa`` (opts: temperature, window)."""
-    classes = {"fixed": LossWeighting, "uncertainty": UncertaintyWeighting, "dwa": DynamicWeightAveraging}
-    if kind not in classes:
-        raise ConfigError(f"train.loss_weighting {kind!r} is not one of {list(WEIGHTINGS)}")
+    """A registered rule: ``fixed`` | ``uncertainty`` (opts: kinds, init_log_var) | ``dwa`` (opts: temperature, window)."""
     try:
-        return classes[kind](tasks, weights, **opts)
+        cls = WEIGHTINGS.get(kind)
+    except KeyError as e:
+        raise ConfigError(f"train.loss_weighting: {e.args[0]}") from None
+    try:
+        return cls(tasks, weights, **opts)
     except TypeError as e:
         raise ConfigError(f"options {sorted(opts)} do not fit loss weighting {kind!r}: {e}") from None

@@ -1,14 +1,29 @@
-"""The network: timm backbone → BiFPN → heads (paper §3–4, §5.2)."""
-from .factory import create_model, load_checkpoint
-from .heads import HEADS, build_head, register_head
-from .model import InputSizeError, MultiTaskEfficientDet
+"""The network: timm backbone → BiFPN → heads (paper §3–4, §5.2).
 
-__all__ = [
-    "HEADS",
-    "InputSizeError",
-    "MultiTaskEfficientDet",
-    "build_head",
-    "create_model",
-    "load_checkpoint",
-    "register_head",
-]
+Names are resolved lazily, so importing a part (``models.layers``, ``models.heads``) — as the
+task types do for their heads — does not import the factory, which imports the task types.
+"""
+from __future__ import annotations
+
+import importlib
+
+_API = {
+    "InputSizeError": "multitask_edet.models.model",
+    "MultiTaskEfficientDet": "multitask_edet.models.model",
+    "build_model_tasks": "multitask_edet.models.factory",
+    "create_model": "multitask_edet.models.factory",
+    "load_checkpoint": "multitask_edet.models.factory",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    mod = _API.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'multitask_edet.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(mod), name)
+
+
+def __dir__():
+    return __all__

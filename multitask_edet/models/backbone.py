@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
+from ..state_dict import key_report
 from .layers import resample, use_adaptive_silu
 
 log = logging.getLogger(__name__)
@@ -101,57 +102,6 @@ class Backbone(nn.Module):
         for m in self.extra:
             feats.append(m(feats[-1]))
         return feats
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (``weights_only=True``: no code runs).
-
-    Training checkpoints that wrap the weights (``{"state_dict": …}``, ``{"model": …}``) are
-    unwrapped, and a DistributedDataParallel ``module.`` prefix is removed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickled code, unknown format
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
-    return unwrap_state_dict(sd, path)
-
-
-def unwrap_state_dict(sd, path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a loaded checkpoint: ``{"state_dict": …}``-style wrappers and a
-    DistributedDataParallel ``module.`` prefix removed; anything else is a CheckpointError."""
-    for key in ("model", "state_dict", "state_dict_ema", "model_ema"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return sd
-
-
-def key_report(missing, unexpected, limit: int = 20) -> str:
-    """'missing: a, b …; unexpected: c' for error messages."""
-
-    def fmt(keys):
-        keys = sorted(keys)
-        more = f" … (+{len(keys) - limit} more)" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-
-    parts = []
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {fmt(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {fmt(unexpected)}")
-    return "; ".join(parts)
 
 
 def check_backbone_weights(body: nn.Module, sd: dict[str, torch.Tensor], path: str | Path) -> None:

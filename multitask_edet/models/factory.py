@@ -1,37 +1,54 @@
 """``create_model``: a named variant (or a ModelConfig) + tasks → a ready MultiTaskEfficientDet.
 
-The trunk's levels follow from the heads attached (§5.2): detection alone needs P3–P7,
-adding the segmentation head (P2) extends the BiFPN down to P2; a custom head on other
-levels moves ``min_level`` accordingly, unless ``neck.min_level`` fixes it.
+Every head is built by its task (``Task.build_head``, tasks/base.py), built-in or a user's:
+the factory resolves each task's options (its type's defaults ← the variant's defaults for
+the type ← the dataset's class count ← the task's own options) and asks the task for its
+head. The trunk's levels follow from the heads attached (§5.2): detection alone needs P3–P7,
+a segmentation head on P2 extends the BiFPN down to P2; a custom head on other levels moves
+``min_level`` accordingly, unless ``neck.min_level`` fixes it.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from ..compat.effdet import (
+    convert_effdet_checkpoint, convert_effdet_state_dict, effdet_num_classes, is_effdet_state_dict, resolve_model_name,
+)  # fmt: skip
 from ..config import ModelConfig, get_model_config
 from ..config_utils import from_dict, merge
 from ..errors import CheckpointError, ConfigError
-from .backbone import Backbone, key_report, read_state_dict
-from .bifpn import BiFPN
-from .heads import HEADS, build_head
+from ..tasks.base import Task, build_tasks
+from ..state_dict import key_report, read_state_dict
+from .heads import DetectionHead
 from .model import MultiTaskEfficientDet
 
 log = logging.getLogger(__name__)
 
-BUILTIN_TASKS = ("det", "seg")
+_MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 
-def resolve_config(name_or_cfg: str | ModelConfig | Mapping[str, Any], **overrides) -> ModelConfig:
+def _task_dict(tasks: str | Sequence[str] | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``"det,seg"``, ``["det", "seg"]`` or ``{"drivable": {"type": "seg"}}`` → {name: options}."""
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if isinstance(tasks, Mapping):
+        return {str(k): dict(v or {}) for k, v in tasks.items()}
+    return {str(t): {} for t in tasks}
+
+
+def resolve_config(name_or_cfg: str | ModelConfig | Mapping[str, Any], *, where: str = "", **overrides) -> ModelConfig:
     """The config of a named variant (or a given one, or a dict of one) with validated overrides.
 
-    Shortcuts: ``backbone_weights=PATH`` (= ``backbone={"weights": PATH}``) and
-    ``num_classes=N`` for the one built-in task of the config (else it is ambiguous).
+    ``overrides`` are ModelConfig fields (``backbone={...}``, ``neck={...}``, ``image_size``,
+    ``tasks``) and task sections by task name (``det={"num_classes": 20}``), plus two shortcuts:
+    ``backbone_weights=PATH`` and ``num_classes=N`` for a model with one classifying task.
+    ``where`` prefixes the key paths named in errors (e.g. "model").
     """
     if isinstance(name_or_cfg, ModelConfig):
         cfg = name_or_cfg
@@ -44,115 +61,103 @@ def resolve_config(name_or_cfg: str | ModelConfig | Mapping[str, Any], **overrid
             raise ConfigError(e.args[0]) from None
     overrides = dict(overrides)
     if "backbone_weights" in overrides:
-        overrides.setdefault("backbone", {})
-        overrides["backbone"] = {**overrides["backbone"], "weights": overrides.pop("backbone_weights")}
-    if "num_classes" in overrides:
-        n = overrides.pop("num_classes")
-        tasks = overrides.get("tasks", cfg.tasks)
-        builtin = [t for t in tasks if t in BUILTIN_TASKS]
-        if len(builtin) != 1:
+        overrides["backbone"] = {**overrides.get("backbone", {}), "weights": overrides.pop("backbone_weights")}
+    tasks = _task_dict(overrides.pop("tasks")) if "tasks" in overrides else {k: dict(v) for k, v in cfg.tasks.items()}
+    num_classes = overrides.pop("num_classes", None)
+    for key in [k for k in overrides if k not in _MODEL_FIELDS]:
+        if key not in tasks:
             raise ConfigError(
-                f"num_classes={n} is ambiguous for tasks {tuple(tasks)}; "
-                'pass det={"num_classes": …} and/or seg={"num_classes": …}'
+                f"create_model: {key!r} is neither a model setting ({', '.join(sorted(_MODEL_FIELDS))}) "
+                f"nor a task of the model (tasks: {', '.join(tasks) or 'none'})"
             )
-        overrides[builtin[0]] = {**overrides.get(builtin[0], {}), "num_classes": n}
-    return merge(cfg, overrides) if overrides else cfg
+        tasks[key] = {**tasks[key], **dict(overrides.pop(key) or {})}
+    if num_classes is not None:
+        with_classes = [t for t in tasks if _has_num_classes(t, tasks[t])]
+        if len(with_classes) != 1:
+            raise ConfigError(
+                f"num_classes={num_classes} is ambiguous for tasks {list(tasks)}; "
+                'pass each task its own, e.g. det={"num_classes": 20}, seg={"num_classes": 21}'
+            )
+        tasks[with_classes[0]] = {**tasks[with_classes[0]], "num_classes": num_classes}
+    overrides["tasks"] = tasks
+    return merge(cfg, overrides, where)
 
 
-def _builtin_head(task: str, cfg: ModelConfig) -> nn.Module:
-    width, padding = cfg.neck.channels, cfg.neck.padding
-    if task == "det":
-        d = cfg.det
-        return build_head(
-            "det",
-            width,
-            num_classes=d.num_classes,
-            num_anchors=d.num_anchors,
-            repeats=d.repeats,
-            levels=d.levels,
-            padding=padding,
-            prior_prob=d.prior_prob,
-        )
-    if task == "seg":
-        s = cfg.seg
-        return build_head(
-            "seg", width, num_classes=s.num_classes, channels=s.channels, repeats=s.repeats, level=s.level, padding=padding
-        )
-    if task in HEADS:
-        return build_head(task, width)
-    raise ConfigError(
-        f"unknown task {task!r}; built-in tasks: {', '.join(BUILTIN_TASKS)}; registered heads: {', '.join(HEADS.names())} "
-        "(or pass a module via extra_heads)"
-    )
+def _has_num_classes(name: str, options: Mapping[str, Any]) -> bool:
+    from ..tasks.base import TASKS, task_type_of
+
+    cls = TASKS.get(task_type_of(name, options))
+    return "num_classes" in {f.name for f in dataclasses.fields(cls.Config)}
 
 
-def _extra_head(name: str, spec: Any, width: int) -> nn.Module:
-    """``extra_heads`` value: a module, a registered head name, or ``{"head": name, **kwargs}``."""
-    if isinstance(spec, nn.Module):
-        if not getattr(spec, "levels", None):
-            raise ConfigError(f"extra head {name!r} must have a `levels` attribute (tuple of pyramid levels)")
-        return spec
-    if isinstance(spec, str):
-        return build_head(spec, width)
-    if isinstance(spec, Mapping) and "head" in spec:
-        kwargs = {k: v for k, v in spec.items() if k != "head"}
-        return build_head(spec["head"], width, **kwargs)
-    raise ConfigError(
-        f"extra_heads[{name!r}] must be an nn.Module, a registered head name or "
-        f'{{"head": name, **kwargs}}; got {spec!r}'
-    )
+def build_model_tasks(
+    cfg: ModelConfig, class_names: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Task]:
+    """The task objects of a model config (options resolved as tasks/base.py says).
+
+    ``class_names``: task name → class names (from the dataset); each sets the task's class count
+    unless its options give one.
+    """
+    return build_tasks(cfg.tasks, cfg.task_defaults, class_names)
 
 
 def create_model(
     name_or_cfg: str | ModelConfig | Mapping[str, Any],
-    tasks: tuple[str, ...] | list[str] | str | None = None,
+    tasks: str | Sequence[str] | Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
-    extra_heads: Mapping[str, Any] | None = None,
     strict: bool = True,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+    backbone_weights: bool = True,
     **overrides,
 ) -> MultiTaskEfficientDet:
-    """Build a model. ``tasks`` defaults to the config's; ``checkpoint`` loads our safetensors/
-    .pth weights or an effdet state dict (converted on the fly).
+    """Build a model.
 
-    ``strict=False`` fine-tunes from a checkpoint of another class set or head set (a 90-class
-    COCO detector into a 20-class VOC model, a det-only checkpoint under a new seg head): every
-    weight whose name and shape fit is loaded, the rest keep their fresh initialisation, and
-    what was left out is logged.
+    Args:
+        name_or_cfg: a variant (``list_models()``), a ModelConfig, or a dict of one.
+        tasks: the heads, by task name: ``"det,seg"``, ``["det", "seg"]``, or with options
+            ``{"drivable": {"type": "seg", "num_classes": 3}, "lane": {"type": "seg"}}``;
+            default: the variant's. A name that is not a registered task type needs a ``type``.
+        checkpoint: our safetensors/.pth weights or an effdet state dict (converted on the fly).
+        strict: ``False`` fine-tunes from a checkpoint of another class set or head set (a
+            90-class COCO detector into a 20-class VOC model, a det-only checkpoint under a new
+            seg head): every weight whose name and shape fit is loaded, the rest keep their
+            fresh initialisation, and what was left out is logged.
+        class_names: task name → class names; sets each task's class count unless given.
+        backbone_weights: ``False`` leaves the backbone randomly initialised whatever
+            ``backbone.pretrained``/``backbone.weights`` say, for a model whose weights are all
+            loaded next (a resumed or trained one); a strict ``checkpoint`` implies it.
+        overrides: model settings and task sections by name (see ``resolve_config``).
+
+    The returned model's ``config.tasks`` holds every task's full options (with its ``type``), so
+    ``create_model(model.config)`` rebuilds the same network and ``build_model_tasks(model.config)``
+    the same tasks.
     """
-    if isinstance(tasks, str):
-        tasks = tuple(t.strip() for t in tasks.split(",") if t.strip())
     if tasks is not None:
-        overrides["tasks"] = tuple(tasks)
+        overrides["tasks"] = tasks
     cfg = resolve_config(name_or_cfg, **overrides)
-    width = cfg.neck.channels
-
-    heads: dict[str, nn.Module] = {t: _builtin_head(t, cfg) for t in cfg.tasks}
-    for name, spec in (extra_heads or {}).items():
-        if name in heads:
-            raise ConfigError(f"extra head {name!r} clashes with the task of the same name")
-        heads[name] = _extra_head(name, spec, width)
-    if not heads:
-        raise ConfigError("a model needs at least one head: pass tasks=('det',) or extra_heads")
-
-    min_level = cfg.neck.min_level
-    if min_level is None:
-        min_level = min(min(h.levels) for h in heads.values())
-    max_level = cfg.neck.max_level
-    if min_level > max_level:
-        raise ConfigError(f"neck.min_level {min_level} is above neck.max_level {max_level}")
-    cfg = dataclasses.replace(cfg, neck=dataclasses.replace(cfg.neck, min_level=min_level))
-
-    b = cfg.backbone
     # A strict checkpoint replaces every weight: the backbone's own weights need not be fetched first.
-    replaced = checkpoint is not None and strict
-    backbone = Backbone(b.name, min_level, max_level, width, cfg.neck.padding, b.drop_path_rate,
-                        None if replaced else b.weights, b.pretrained and not replaced, b.pretrained_tag)
-    n = cfg.neck
-    neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
-    model = MultiTaskEfficientDet(backbone, neck, heads, config=cfg)
+    fetch = backbone_weights and (checkpoint is None or not strict)
+    model = MultiTaskEfficientDet.from_config(cfg, class_names, backbone_weights=fetch)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)
     return model
+
+
+def detection_task_name(model: nn.Module) -> str | None:
+    """The model's (first) task with an EfficientDet class/box head — the one effdet weights convert into."""
+    return next((name for name, head in model.heads.items() if isinstance(head, DetectionHead)), None)
+
+
+def effdet_model(name: str, sd: Mapping[str, torch.Tensor]) -> MultiTaskEfficientDet:
+    """Our detector that an effdet state dict ``sd`` of variant ``name`` converts into, on the meta
+    device (no memory): its class count is read from ``sd``; effdet's names are accepted."""
+    with torch.device("meta"):
+        return create_model(resolve_model_name(name), num_classes=effdet_num_classes(dict(sd)))
+
+
+def convert_effdet_file(src: str | Path, dst: str | Path, name: str) -> dict[str, torch.Tensor]:
+    """``mtedet convert-effdet``: an effdet checkpoint file → our safetensors for variant ``name``."""
+    return convert_effdet_checkpoint(src, dst, effdet_model(name, read_state_dict(src)))
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> list[str]:
@@ -162,19 +167,24 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     Strict by default: any missing, unexpected or wrong-shape key is an error listing them.
     ``strict=False`` loads what fits and returns the model keys left at their initialisation.
     """
-    from ..compat.effdet import convert_effdet_state_dict, is_effdet_state_dict
     from ..compat.effdet_weights import is_remote_checkpoint, load_remote_checkpoint
 
     sd = load_remote_checkpoint(path) if is_remote_checkpoint(path) else read_state_dict(path)
-
     if is_effdet_state_dict(sd):
-        # Fine-tuning converts into the detector effdet trained (its class count, P3-P7) and
-        # then loads what fits; a strict load converts straight into this model.
+        head = detection_task_name(model)
+        if head is None:
+            raise CheckpointError(f"{path} is an effdet detector: load it into a model with a detection task")
         target = model
         if not strict and model.config is not None:
+            # Fine-tuning converts into the detector effdet trained (its class count, P3-P7)
+            # and then loads what fits; a strict load converts straight into this model.
+            det = {**model.config.tasks[head], "num_classes": effdet_num_classes(sd)}
             neck = dataclasses.replace(model.config.neck, min_level=None)
-            target = dataclasses.replace(model.config, tasks=("det",), neck=neck)
-        sd = convert_effdet_state_dict(sd, target)
+            with torch.device("meta"):  # structure only: no backbone weights fetched
+                target = MultiTaskEfficientDet.from_config(
+                    dataclasses.replace(model.config, tasks={head: det}, neck=neck), backbone_weights=False
+                )
+        sd = convert_effdet_state_dict(sd, target, head=head)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -206,12 +216,20 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
 
 
 def _class_hint(model: nn.Module, sd: dict[str, torch.Tensor]) -> str:
-    """The most common mismatch: a checkpoint trained for another number of classes."""
+    """The most common mismatch: a checkpoint trained for another number of classes.
+
+    A head's output weight whose first dimension is a multiple of its class count (anchors ×
+    classes for detection, classes for segmentation) tells the checkpoint's count.
+    """
     hints = []
+    own = model.state_dict()
     for task, head in model.heads.items():
-        key = {"det": f"heads.{task}.cls_net.predict.conv_pw.weight", "seg": f"heads.{task}.classifier.weight"}.get(task)
-        if key in sd and hasattr(head, "num_classes"):
-            n = sd[key].shape[0] // getattr(head, "num_anchors", 1)
-            if n != head.num_classes:
-                hints.append(f'{task}={{"num_classes": {n}}}')
+        n_own = getattr(head, "num_classes", None)
+        for k, v in own.items():
+            if not (n_own and k.startswith(f"heads.{task}.") and k in sd and v.dim() and sd[k].shape != v.shape):
+                continue
+            per = v.shape[0] // n_own if v.shape[0] % n_own == 0 else 0
+            if per and sd[k].shape[1:] == v.shape[1:] and sd[k].shape[0] % per == 0:
+                hints.append(f'{task}={{"num_classes": {sd[k].shape[0] // per}}}')
+                break
     return f" — the checkpoint has other class counts: pass {', '.join(hints)}, or strict=False to fine-tune with fresh class predictors" if hints else ""

@@ -1,41 +1,20 @@
-"""Heads that read pyramid levels: detection (paper §3.3, Fig. 3), segmentation (§5.2), yours.
+"""Heads that read pyramid levels: detection (paper §3.3, Fig. 3), segmentation (§5.2).
 
 A head is an ``nn.Module`` with a ``levels`` tuple (the pyramid levels it reads) whose
 ``forward`` takes the list of those levels' feature maps, in order, and returns whatever
-its task's loss and post-processing expect. Register a new one with ``@register_head(name)``
-and attach it with ``create_model(..., extra_heads={"task": "name"})`` — no library edit.
+its task's loss and post-processing expect. Tasks build their heads (``Task.build_head``,
+tasks/base.py); a user's task builds its own the same way.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
-from ..registry import Registry
 from .layers import SeparableConv2d, SiLU, batch_norm, init_conv_tf
-
-HEADS: Registry[Callable[..., nn.Module]] = Registry("head")
-
-
-def register_head(name: str, cls: Callable[..., nn.Module] | None = None, *, override: bool = False):
-    """Register a head class (or factory) taking ``in_channels`` plus keyword arguments."""
-    return HEADS.register(name, cls, override=override)
-
-
-def build_head(name: str, in_channels: int, **kwargs) -> nn.Module:
-    try:
-        factory = HEADS.get(name)
-    except KeyError as e:
-        raise ConfigError(e.args[0]) from None
-    head = factory(in_channels=in_channels, **kwargs)
-    levels = getattr(head, "levels", None)
-    if not levels or not all(isinstance(lv, int) for lv in levels):
-        raise ConfigError(f"head {name!r} must set `levels`, a tuple of the pyramid levels it reads")
-    return head
 
 
 class HeadNet(nn.Module):
@@ -68,7 +47,6 @@ class HeadNet(nn.Module):
         return outs
 
 
-@register_head("det")
 class DetectionHead(nn.Module):
     """EfficientDet class and box nets → ``{"cls": [(B, A·C, h, w)], "box": [(B, A·4, h, w)]}``."""
 
@@ -96,7 +74,6 @@ class DetectionHead(nn.Module):
         return {"cls": self.cls_net(feats), "box": self.box_net(feats)}
 
 
-@register_head("seg")
 class SegmentationHead(nn.Module):
     """Per-pixel classifier on one level (P2), logits upsampled bilinearly to the input size.
 

@@ -7,13 +7,13 @@ D7x at 1536² costs no memory and about a second.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .factory import create_model
+from .factory import _has_num_classes, create_model, resolve_config
 
 _MAC_OPS = ("convolution", "mm", "addmm", "bmm", "baddbmm")
 
@@ -39,25 +39,25 @@ def _macs(model: nn.Module, image_size: tuple[int, int]) -> float:
 
 def model_info(
     name_or_model: str | nn.Module,
-    tasks: Sequence[str] | str = ("det",),
+    tasks: Sequence[str] | str | Mapping[str, Any] | None = None,
     num_classes: int | None = None,
     image_size: int | Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """JSON-ready ``{"params", "gmacs", "params_per_part", …}`` of a named variant or a model.
 
-    ``num_classes`` applies to every built-in task in ``tasks``; ``image_size`` (an int or
-    (H, W)) defaults to the model's native size.
+    ``tasks`` as ``create_model`` takes them (default: the variant's); ``num_classes`` applies to
+    every task that has a class count; ``image_size`` (an int or (H, W)) defaults to the model's
+    native size.
     """
     if isinstance(name_or_model, nn.Module):
         model = name_or_model
     else:
-        if isinstance(tasks, str):
-            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-        overrides = {}
+        cfg = resolve_config(name_or_model, **({"tasks": tasks} if tasks is not None else {}))
         if num_classes is not None:
-            overrides = {t: {"num_classes": num_classes} for t in tasks if t in ("det", "seg")}
+            tasks_with = {t: ({**o, "num_classes": num_classes} if _has_num_classes(t, o) else o) for t, o in cfg.tasks.items()}
+            cfg = resolve_config(cfg, tasks=tasks_with)
         with torch.device("meta"):
-            model = create_model(name_or_model, tasks=tuple(tasks), **overrides)
+            model = create_model(cfg)
     cfg = model.config
     if image_size is None:
         size = tuple(cfg.image_size)
@@ -80,15 +80,3 @@ def model_info(
         "params_per_part": parts,
         "gmacs": _macs(model, size) / 1e9,
     }
-
-
-def format_model_info(info: dict[str, Any]) -> str:
-    """A few human-readable lines for ``mtedet info`` (``--json`` prints the dict instead)."""
-    h, w = info["image_size"]
-    lines = [
-        f"{info['model']}  tasks: {', '.join(info['tasks'])}  levels: P{info['levels'][0]}–P{info['levels'][1]}  "
-        f"input: {h}x{w}",
-        f"  params: {info['params'] / 1e6:.3f}M   GMACs: {info['gmacs']:.2f}",
-    ]
-    lines += [f"    {part:<12} {n / 1e6:8.3f}M" for part, n in info["params_per_part"].items()]
-    return "\n".join(lines)

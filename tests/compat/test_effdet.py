@@ -1,16 +1,15 @@
-"""effdet as the oracle: its weights, converted, give our model the same outputs (issue 2)."""
+"""effdet as the oracle: its weights, converted, give our model the same outputs."""
 import pytest
 import torch
 
 effdet = pytest.importorskip("effdet")
 
 from multitask_edet.compat.effdet import (  # noqa: E402
-    convert_effdet_checkpoint,
     convert_effdet_state_dict,
     is_effdet_state_dict,
 )
 from multitask_edet.errors import CheckpointError  # noqa: E402
-from multitask_edet.models.factory import create_model  # noqa: E402
+from multitask_edet.models.factory import convert_effdet_file, create_model, effdet_model  # noqa: E402
 
 SIZE = 256  # divisible by 128; small enough for CPU, every level still > 1 pixel but P7 (2x2)
 
@@ -46,7 +45,7 @@ def _randomised_effdet(name: str, size: int = SIZE):
 def test_converted_weights_give_identical_outputs(effdet_name, ours):
     ref = _randomised_effdet(effdet_name)
     model = create_model(ours, tasks=("det",))
-    model.load_state_dict(convert_effdet_state_dict(ref.state_dict(), ours))
+    model.load_state_dict(convert_effdet_state_dict(ref.state_dict(), model))
     model.eval()
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -64,7 +63,7 @@ def test_tf_biases_are_folded_and_effdet_names_accepted():
     ref = _randomised_effdet("tf_efficientdet_d0")
     sd = ref.state_dict()
     assert is_effdet_state_dict(sd)
-    out = convert_effdet_state_dict(sd, "tf_efficientdet_d0")  # effdet's own name works too
+    out = convert_effdet_state_dict(sd, effdet_model("tf_efficientdet_d0", sd))  # effdet's own name works too
     # effdet's redundant conv biases have no counterpart: they live in the BN means now
     assert not any(k.endswith("conv_pw.bias") and ".predict." not in k for k in out)
     pw_bias = sd["fpn.cell.0.fnode.0.after_combine.conv.conv_pw.bias"]
@@ -77,7 +76,7 @@ def test_checkpoint_file_roundtrip_and_direct_load(tmp_path):
     src = tmp_path / "effdet_d0.pth"
     torch.save({"state_dict": ref.state_dict()}, src)
     dst = tmp_path / "d0.safetensors"
-    convert_effdet_checkpoint(src, dst, "efficientdet-d0")
+    convert_effdet_file(src, dst, "efficientdet-d0")
     a = create_model("efficientdet-d0", checkpoint=dst).eval()
     b = create_model("efficientdet-d0", checkpoint=src).eval()  # effdet file, converted on load
     x = torch.randn(1, 3, 128, 128)
@@ -90,10 +89,10 @@ def test_checkpoint_file_roundtrip_and_direct_load(tmp_path):
 def test_wrong_variant_lists_missing_and_unexpected_keys():
     sd = _randomised_effdet("efficientdet_d0").state_dict()
     with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): backbone.body.blocks.*shape mismatches"):
-        convert_effdet_state_dict(sd, "efficientdet-d1")  # D1 has 4 BiFPN repeats and W=88
+        convert_effdet_state_dict(sd, effdet_model("efficientdet-d1", sd))  # D1 has 4 BiFPN repeats and W=88
     sd["class_net.bogus.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="unexpected keys .*class_net.bogus.weight"):
-        convert_effdet_state_dict(sd, "efficientdet-d0")
+        convert_effdet_state_dict(sd, effdet_model("efficientdet-d0", sd))
 
 
 def test_all_tf_variants_map_one_to_one():
@@ -102,7 +101,7 @@ def test_all_tf_variants_map_one_to_one():
     for n in ["d2", "d3", "d4", "d5", "d6", "d7", "d7x"]:
         with torch.device("meta"):
             ref = effdet.create_model(f"tf_efficientdet_{n}", pretrained=False, pretrained_backbone=False)
-        out = convert_effdet_state_dict(ref.state_dict(), f"tf_efficientdet-{n}")  # raises on any mismatch
+        out = convert_effdet_state_dict(ref.state_dict(), effdet_model(f"tf_efficientdet-{n}", ref.state_dict()))  # raises on any mismatch
         assert len(out) > 0
 
 

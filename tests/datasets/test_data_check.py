@@ -9,10 +9,10 @@ def test_clean_tree_summary(voc_tree):
     assert rep.ok and rep.problems == []
     train, val = rep.splits
     assert (train.images, train.ok) == (3, 3) and (val.images, val.ok) == (2, 2)
-    assert train.objects == {"car": 1, "cat": 1, "dog": 1, "person": 1}
-    assert train.ignored == {"bottle": 1}
-    assert sum(train.mask_pixels.values()) == 3 * H * W
-    assert train.mask_pixels["ignore"] > 0 and train.mask_pixels["cat"] > 0
+    assert train.boxes["det"].objects == {"car": 1, "cat": 1, "dog": 1, "person": 1}
+    assert train.boxes["det"].ignored == {"bottle": 1}
+    assert sum(train.mask_pixels["seg"].values()) == 3 * H * W
+    assert train.mask_pixels["seg"]["ignore"] > 0 and train.mask_pixels["seg"]["cat"] > 0
     text = format_report(rep)
     assert "split train: 3 images, 3 ok" in text and "bottle 1 (+1 ignored)" not in text
     assert "bottle 0 (+1 ignored)" in text and "no problems found" in text
@@ -47,7 +47,7 @@ def test_unreadable_annotation_file_is_a_split_problem(coco_tree):
 def test_coco_summary_and_workers(coco_tree):
     rep = check_dataset("coco", coco_tree.root, "val", ("det", "seg"), workers=1)
     s = rep.splits[0]
-    assert rep.ok and s.images == 4 and s.empty_images == 1
-    assert s.objects == {"person": 1, "car": 2, "train": 1, "bench": 1, "dog": 1}
-    assert s.ignored == {"person": 1}
-    assert s.mask_pixels["ignore"] == 30 * 24 - 8 * 8
+    assert rep.ok and s.images == 4 and s.boxes["det"].empty_images == 1
+    assert s.boxes["det"].objects == {"person": 1, "car": 2, "train": 1, "bench": 1, "dog": 1}
+    assert s.boxes["det"].ignored == {"person": 1}
+    assert s.mask_pixels["seg"]["ignore"] == 30 * 24 - 8 * 8

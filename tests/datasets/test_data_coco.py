@@ -33,36 +33,36 @@ def test_boxes_and_zero_size_box_dropped_with_log(coco_tree, caplog):
         ds = CocoDataset(coco_tree.ann_file, coco_tree.img_dir, ("det",))
     assert "dropped 1 boxes" in caplog.text
     s = by_id(ds, 1)
-    np.testing.assert_array_equal(s["boxes"], [[8, 8, 40, 40], [24, 16, 56, 32]])
-    assert s["labels"].tolist() == [0, 1] and s["labels"].dtype == np.int64
-    assert s["ignore"].tolist() == [False, False]
+    np.testing.assert_array_equal(s["det"]["boxes"], [[8, 8, 40, 40], [24, 16, 56, 32]])
+    assert s["det"]["labels"].tolist() == [0, 1] and s["det"]["labels"].dtype == np.int64
+    assert s["det"]["ignore"].tolist() == [False, False]
     assert s["image"].shape == (H, W, 3) and s["orig_size"] == (H, W)
-    assert "mask" not in s
+    assert "seg" not in s
 
 
 def test_crowd_object_is_an_ignore_box(coco_tree):
     s = by_id(build_dataset("coco", coco_tree.root, "val"), 2)
-    np.testing.assert_array_equal(s["boxes"], [[4, 4, 20, 12], [30, 20, 60, 44], [10, 30, 20, 40], [40, 24, 48, 32]])
-    assert s["labels"].tolist() == [1, 0, 3, 4]
-    assert s["ignore"].tolist() == [False, True, False, False]
+    np.testing.assert_array_equal(s["det"]["boxes"], [[4, 4, 20, 12], [30, 20, 60, 44], [10, 30, 20, 40], [40, 24, 48, 32]])
+    assert s["det"]["labels"].tolist() == [1, 0, 3, 4]
+    assert s["det"]["ignore"].tolist() == [False, True, False, False]
     dropped = by_id(build_dataset("coco", coco_tree.root, "val", crowd="drop"), 2)
-    assert dropped["labels"].tolist() == [1, 3, 4]
+    assert dropped["det"]["labels"].tolist() == [1, 3, 4]
 
 
 def test_empty_images_kept_unless_drop_empty(coco_tree):
     ds = build_dataset("coco", coco_tree.root, "val")
     s = by_id(ds, 5)
-    assert s["boxes"].shape == (0, 4) and s["labels"].shape == (0,)
+    assert s["det"]["boxes"].shape == (0, 4) and s["det"]["labels"].shape == (0,)
     assert build_dataset("coco", coco_tree.root, "val", drop_empty=True).image_ids == [1, 2, 7]
     # an all-background mask is segmentation data: drop_empty does not apply with seg
     assert build_dataset("coco", coco_tree.root, "val", ("det", "seg"), drop_empty=True).image_ids == [1, 2, 5, 7]
     # evaluation GT always holds every image of the split
-    assert sorted(ds.det_gt().getImgIds()) == [1, 2, 5, 7]
+    assert sorted(ds.box_gt().getImgIds()) == [1, 2, 5, 7]
 
 
 def test_semantic_mask_overlap_order_polygons_and_rle(coco_tree):
     ds = build_dataset("coco", coco_tree.root, "val", ("det", "seg"))
-    m1 = by_id(ds, 1)["mask"]
+    m1 = by_id(ds, 1)["seg"]
     exp = rect(np.zeros((H, W), np.uint8), 8, 8, 40, 40, 1)
     rect(exp, 24, 16, 56, 32, 2)  # the smaller car lies on top of the person
     np.testing.assert_array_equal(m1, exp)
@@ -72,23 +72,23 @@ def test_semantic_mask_overlap_order_polygons_and_rle(coco_tree):
     rect(exp, 4, 4, 20, 12, 2)  # compressed RLE
     rect(exp, 10, 30, 20, 40, 4)
     rect(exp, 40, 24, 48, 32, 5)  # an instance inside the crowd keeps its class
-    np.testing.assert_array_equal(s2["mask"], exp)
-    assert "boxes" in s2  # joint sample: boxes and mask
+    np.testing.assert_array_equal(s2["seg"], exp)
+    assert "det" in s2  # joint sample: boxes and mask
     exp7 = rect(rect(np.zeros((H, W), np.uint8), 2, 2, 10, 10, 3), 20, 20, 30, 30, 3)
-    np.testing.assert_array_equal(by_id(ds, 7)["mask"], exp7)
-    assert not by_id(ds, 5)["mask"].any()
+    np.testing.assert_array_equal(by_id(ds, 7)["seg"], exp7)
+    assert not by_id(ds, 5)["seg"].any()
 
 
 def test_seg_only_sample_has_no_det_keys_and_crowd_as_class(coco_tree):
     ds = build_dataset("coco", coco_tree.root, "val", ("seg",), seg_crowd="class")
     s = by_id(ds, 2)
-    assert "boxes" not in s and "labels" not in s
+    assert "det" not in s
     exp = np.zeros((H, W), np.uint8)
     rect(exp, 30, 20, 60, 44, 1)  # painted as person
     rect(exp, 4, 4, 20, 12, 2)
     rect(exp, 10, 30, 20, 40, 4)
     rect(exp, 40, 24, 48, 32, 5)
-    np.testing.assert_array_equal(s["mask"], exp)
+    np.testing.assert_array_equal(s["seg"], exp)
 
 
 def test_coco_to_voc_mapping(tmp_path):
@@ -102,14 +102,14 @@ def test_coco_to_voc_mapping(tmp_path):
     assert ds.cat_ids[VOC_CLASSES.index("tvmonitor")] == 72  # tv
     s = by_id(ds, 2)
     # the bench (not a VOC class) is dropped from the boxes and painted as background
-    assert s["labels"].tolist() == [VOC_CLASSES.index("car"), VOC_CLASSES.index("person"), VOC_CLASSES.index("dog")]
-    assert s["ignore"].tolist() == [False, True, False]
+    assert s["det"]["labels"].tolist() == [VOC_CLASSES.index("car"), VOC_CLASSES.index("person"), VOC_CLASSES.index("dog")]
+    assert s["det"]["ignore"].tolist() == [False, True, False]
     exp = np.zeros((H, W), np.uint8)
     rect(exp, 30, 20, 60, 44, 255)
     rect(exp, 4, 4, 20, 12, VOC_CLASSES.index("car") + 1)
     rect(exp, 40, 24, 48, 32, VOC_CLASSES.index("dog") + 1)
-    np.testing.assert_array_equal(s["mask"], exp)
-    gt = ds.det_gt()
+    np.testing.assert_array_equal(s["seg"], exp)
+    gt = ds.box_gt()
     assert sorted(gt.getCatIds()) == sorted(ds.cat_ids)
     assert all(a["category_id"] != 15 for a in gt.dataset["annotations"])
 
@@ -119,8 +119,8 @@ def test_voc_mapping_needs_coco_names(coco_tree):
         CocoDataset(coco_tree.ann_file, coco_tree.img_dir, voc_classes=True)
 
 
-def test_det_gt_is_the_split_with_native_ids(coco_tree):
-    gt = build_dataset("coco", coco_tree.root, "val").det_gt()
+def test_box_gt_is_the_split_with_native_ids(coco_tree):
+    gt = build_dataset("coco", coco_tree.root, "val").box_gt()
     assert sorted(gt.getCatIds()) == [1, 3, 7, 15, 18]
     assert len(gt.getAnnIds()) == 8
     assert gt.anns[21]["iscrowd"] == 1
@@ -133,7 +133,7 @@ def test_explicit_files_and_coco_format(coco_tree, tmp_path):
     )
     assert a.image_ids == b.image_ids == [1, 2, 5, 7]
     assert b.name == "coco-format"
-    np.testing.assert_array_equal(a.load_sample(0)["boxes"], b.load_sample(0)["boxes"])
+    np.testing.assert_array_equal(a.load_sample(0)["det"]["boxes"], b.load_sample(0)["det"]["boxes"])
 
 
 # ----------------------------------------------------------------- bad input

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from multitask_edet.datasets import DATASETS, build_dataset, collate
-from multitask_edet.datasets.dataset import normalize_tasks
+from multitask_edet.datasets.dataset import select_annotations
 from multitask_edet.datasets.io import read_split_list
 from multitask_edet.datasets.testing import truncate_file
 from multitask_edet.datasets.transforms import eval_transforms, train_transforms
@@ -28,11 +28,13 @@ def test_default_root_from_environment(voc_tree, monkeypatch):
     assert len(build_dataset("voc2012", None, "train")) == 4
 
 
-def test_tasks_normalisation():
-    assert normalize_tasks("seg, det") == ("det", "seg")
-    assert normalize_tasks(["det", "my_counter"]) == ("det",)
-    with pytest.raises(ConfigError, match="at least one"):
-        normalize_tasks(["my_counter"])
+def test_annotation_selection():
+    available = {"det": "boxes", "seg": "mask"}
+    assert select_annotations("seg, det", available, "voc") == {"seg": "mask", "det": "boxes"}
+    with pytest.raises(ConfigError, match="has no 'lane' annotation; it supplies det \\(boxes\\), seg \\(mask\\)"):
+        select_annotations(["det", "lane"], available, "voc")
+    with pytest.raises(ConfigError, match="no annotation requested"):
+        select_annotations([], available, "voc")
 
 
 def test_skip_replaces_bad_samples_deterministically_and_records_them(voc_tree):
@@ -72,7 +74,7 @@ def test_getitem_seeds_by_epoch_and_index(voc_tree):
     assert c["meta"]["scale"] != a["meta"]["scale"]
     batch = collate([ds[i] for i in range(len(ds))])
     assert batch["images"].shape == (4, 3, 64, 64) and batch["images"].dtype == torch.uint8
-    assert len(batch["boxes"]) == 4 and batch["meta"][0]["image_id"] == 0
+    assert len(batch["det"]) == 4 and batch["meta"][0]["image_id"] == 0
 
 
 def test_split_lists_accept_deeplab_paths(tmp_path):
@@ -84,8 +86,8 @@ def test_split_lists_accept_deeplab_paths(tmp_path):
 def test_raw_arrays_are_writable(voc_tree):
     s = build_dataset("voc2012", voc_tree.root, "train", ("det", "seg")).load_sample(0)
     s["image"][0, 0] = 1
-    s["mask"][0, 0] = 1
-    assert s["image"].dtype == np.uint8 and s["mask"].dtype == np.uint8
+    s["seg"][0, 0] = 1
+    assert s["image"].dtype == np.uint8 and s["seg"].dtype == np.uint8
 
 
 def test_exif_orientation_is_ignored_as_coco_does(tmp_path):

@@ -49,16 +49,16 @@ def test_both_adapters_read_the_same_scenes(shapes_dir):
     for i in range(6):
         v, c = voc.load_sample(i), coco.load_sample(i)
         np.testing.assert_array_equal(v["image"], c["image"])
-        np.testing.assert_array_equal(v["boxes"], c["boxes"])
-        assert v["labels"].tolist() == c["labels"].tolist() and 1 <= len(v["labels"]) <= 4
-        known = v["mask"] != 255
-        assert (v["mask"] == 255).any()  # VOC's void border
-        np.testing.assert_array_equal(v["mask"][known], c["mask"][known])
-    assert voc.det_gt().getCatIds() == [1, 2, 3, 4, 5]
+        np.testing.assert_array_equal(v["det"]["boxes"], c["det"]["boxes"])
+        assert v["det"]["labels"].tolist() == c["det"]["labels"].tolist() and 1 <= len(v["det"]["labels"]) <= 4
+        known = v["seg"] != 255
+        assert (v["seg"] == 255).any()  # VOC's void border
+        np.testing.assert_array_equal(v["seg"][known], c["seg"][known])
+    assert voc.box_gt().getCatIds() == [1, 2, 3, 4, 5]
 
 
 def test_boxes_are_the_extents_of_the_outlines(shapes_dir):
-    gt = build_dataset("shapes", shapes_dir, "train", layout="coco").det_gt()
+    gt = build_dataset("shapes", shapes_dir, "train", layout="coco").box_gt()
     for ann in gt.dataset["annotations"]:
         ys, xs = np.nonzero(gt.annToMask(ann))
         assert ann["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
@@ -66,7 +66,7 @@ def test_boxes_are_the_extents_of_the_outlines(shapes_dir):
 
 def test_scenes_vary_and_use_every_class(tmp_path):
     ds = build_dataset("shapes", write_shapes(tmp_path, num_train=40, num_val=2, image_size=128), "train", "det,seg")
-    labels = np.concatenate([ds.load_sample(i)["labels"] for i in range(len(ds))])
+    labels = np.concatenate([ds.load_sample(i)["det"]["labels"] for i in range(len(ds))])
     assert set(labels.tolist()) == set(range(len(SHAPE_CLASSES)))
     sizes = {ds.load_sample(i)["orig_size"] for i in range(len(ds))}
     assert len(sizes) > 10 and all(96 <= min(s) and max(s) <= 128 for s in sizes)

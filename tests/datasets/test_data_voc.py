@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from multitask_edet.datasets import build_dataset
-from multitask_edet.datasets.sample import save_palette_png
+from multitask_edet.datasets.io import save_palette_png
 from multitask_edet.datasets.testing import H, W, save_image, truncate_file, write_voc_tree
 from multitask_edet.datasets.voc import VOC_CLASSES
 from multitask_edet.errors import ConfigError, DatasetError
@@ -16,10 +16,10 @@ def test_det_split_boxes_are_0_based_and_border_boxes_reach_the_edge(voc_tree):
     assert ds.class_names["det"] == list(VOC_CLASSES) and ds.cat_ids == list(range(1, 21))
     s = ds.load_sample(0)
     # XML (1,1,32,24) and (41,11,64,48) on a 64x48 image
-    np.testing.assert_array_equal(s["boxes"], [[0, 0, 32, 24], [40, 10, 64, 48]])
-    assert s["boxes"].dtype == np.float32
-    assert s["labels"].tolist() == [L("dog"), L("person")]
-    assert "mask" not in s and s["dataset"] == "voc2012"
+    np.testing.assert_array_equal(s["det"]["boxes"], [[0, 0, 32, 24], [40, 10, 64, 48]])
+    assert s["det"]["boxes"].dtype == np.float32
+    assert s["det"]["labels"].tolist() == [L("dog"), L("person")]
+    assert "seg" not in s and s["dataset"] == "voc2012"
 
 
 @pytest.mark.parametrize(
@@ -28,12 +28,12 @@ def test_det_split_boxes_are_0_based_and_border_boxes_reach_the_edge(voc_tree):
 )  # fmt: skip
 def test_difficult_modes(voc_tree, mode, labels, ignore):
     s = build_dataset("voc2012", voc_tree.root, "train", difficult=mode).load_sample(1)
-    assert s["labels"].tolist() == [L(n) for n in labels]
-    assert s["ignore"].tolist() == ignore
+    assert s["det"]["labels"].tolist() == [L(n) for n in labels]
+    assert s["det"]["ignore"].tolist() == ignore
 
 
-def test_det_gt_marks_difficult_as_crowd_and_ignore(voc_tree):
-    gt = build_dataset("voc2012", voc_tree.root, "train").det_gt()
+def test_box_gt_marks_difficult_as_crowd_and_ignore(voc_tree):
+    gt = build_dataset("voc2012", voc_tree.root, "train").box_gt()
     assert sorted(gt.getImgIds()) == [0, 1, 2, 3]
     anns = gt.loadAnns(gt.getAnnIds(imgIds=[1]))
     assert [a["category_id"] for a in anns] == [L("car") + 1, L("bottle") + 1]
@@ -46,21 +46,21 @@ def test_seg_split_reads_palette_indices_and_joint_samples(voc_tree):
     ds = build_dataset("voc2012", voc_tree.root, "train", ("seg",))
     assert len(ds) == 3
     s = ds.load_sample(0)
-    assert "boxes" not in s
-    np.testing.assert_array_equal(s["mask"], voc_tree.masks["2012_000001"])
-    assert (s["mask"] == 255).any()
+    assert "det" not in s
+    np.testing.assert_array_equal(s["seg"], voc_tree.masks["2012_000001"])
+    assert (s["seg"] == 255).any()
     joint = build_dataset("voc2012", voc_tree.root, "val", "det,seg")
     s = joint.load_sample(0)
-    np.testing.assert_array_equal(s["mask"], voc_tree.masks["2012_000004"])
-    assert s["labels"].tolist() == [L("horse"), L("person")]
+    np.testing.assert_array_equal(s["seg"], voc_tree.masks["2012_000004"])
+    assert s["det"]["labels"].tolist() == [L("horse"), L("person")]
 
 
 def test_joint_image_without_xml_has_only_a_mask(voc_tree):
     (voc_tree.voc_dir / "Annotations" / "2012_000002.xml").unlink()
     ds = build_dataset("voc2012", voc_tree.root, "train", ("det", "seg"))
     s = ds.load_sample(1)
-    assert "mask" in s and "boxes" not in s
-    assert sorted(ds.det_gt().getImgIds()) == [0, 2]
+    assert "seg" in s and "det" not in s
+    assert sorted(ds.box_gt().getImgIds()) == [0, 2]
 
 
 @pytest.mark.parametrize("fmt", ["mat", "aug"])
@@ -70,9 +70,9 @@ def test_train_aug_is_voc_train_plus_sbd_minus_voc_val(voc_tree, request, fmt):
     ids = [it.id for it in ds.items]
     assert ids == sbd.train_aug == ["2012_000001", "2012_000002", "2012_000003", "2012_000007", "2012_000008"]
     # an image with an official VOC mask uses it (with its 255 outline); SBD-only ids use SBD's
-    np.testing.assert_array_equal(ds.load_sample(0)["mask"], voc_tree.masks["2012_000001"])
+    np.testing.assert_array_equal(ds.load_sample(0)["seg"], voc_tree.masks["2012_000001"])
     s7 = ds.load_sample(3)
-    np.testing.assert_array_equal(s7["mask"], sbd.masks["2012_000007"])
+    np.testing.assert_array_equal(s7["seg"], sbd.masks["2012_000007"])
     assert s7["file_name"].endswith("SBD/img/2012_000007.jpg")
     assert ds.items[3].mask.suffix == (".mat" if fmt == "mat" else ".png")
 
@@ -91,7 +91,7 @@ def test_voc2007_and_0712(tmp_path):
     tv = build_dataset("voc0712", tmp_path, "trainval")
     assert len(tv) == 12 and tv.name == "voc0712"
     assert [it.id[:4] for it in tv.items] == ["2007"] * 6 + ["2012"] * 6
-    assert sorted(tv.det_gt().getImgIds()) == list(range(12))
+    assert sorted(tv.box_gt().getImgIds()) == list(range(12))
     test = build_dataset("voc0712", tmp_path, "test")
     assert [it.id for it in test.items] == ["2007_000004", "2007_000005"]
     with pytest.raises(ConfigError, match="detection dataset"):
@@ -127,14 +127,14 @@ def test_split_list_naming_missing_image(voc_tree):
 def test_mask_value_out_of_range_names_file(voc_tree):
     m = voc_tree.masks["2012_000002"].copy()
     m[0, 0] = 30
-    save_palette_png(voc_tree.voc_dir / "SegmentationClass" / "2012_000002.png", m)
+    save_palette_png(m, voc_tree.voc_dir / "SegmentationClass" / "2012_000002.png")
     ds = build_dataset("voc2012", voc_tree.root, "train", ("seg",))
     with pytest.raises(DatasetError, match=r"2012_000002.png holds value\(s\) \[30\] outside the class ids 0..20"):
         ds.load_sample(1)
 
 
 def test_mask_size_mismatch_names_both_files(voc_tree):
-    save_palette_png(voc_tree.voc_dir / "SegmentationClass" / "2012_000002.png", np.zeros((H, W + 2), np.uint8))
+    save_palette_png(np.zeros((H, W + 2), np.uint8), voc_tree.voc_dir / "SegmentationClass" / "2012_000002.png")
     with pytest.raises(DatasetError, match="2012_000002.png is 66x48.*image .*2012_000002.jpg is 64x48"):
         build_dataset("voc2012", voc_tree.root, "train", ("seg",)).load_sample(1)
 

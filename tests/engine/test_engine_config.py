@@ -1,4 +1,4 @@
-"""Experiment config: recipes, strict overrides, defaults of issue 5 item 1."""
+"""Experiment config: recipes, strict overrides, the paper's defaults, task sections."""
 from __future__ import annotations
 
 import pytest
@@ -27,11 +27,12 @@ def test_every_shipped_recipe_resolves_and_names_a_known_model():
 def test_base_inheritance_merges_nested_keys():
     raw = load_recipe("det-coco-d7")
     assert "base" not in raw
-    cfg = from_dict(ExperimentConfig, raw)
+    cfg = ExperimentConfig.from_dict(raw)
     assert cfg.train.epochs == 600 and cfg.train.batch_size == 2
     # inherited from det-coco-d0, not restated in det-coco-d7.yaml
     assert cfg.train.weight_decay == pytest.approx(4e-5) and cfg.data.dataset == "coco"
-    assert cfg.det.postprocess.max_detections == 100
+    assert cfg.task_config("det").postprocess.max_detections == 100
+    assert cfg.task_config("det").repeats == 5 and cfg.task_config("det").anchor_scale == 5.0  # D7's head
 
 
 def test_paper_recipe_defaults():
@@ -57,9 +58,17 @@ def test_default_recipe_per_task(tasks, dataset, recipe):
 def test_overrides_are_validated_and_layered():
     cfg = build_config("det-coco-d0", overrides={"train": {"epochs": 3}}, set_items=["train.epochs=5", "det.loss.gamma=2.0",
                                                                                       "train.amp=fp32"])
-    assert cfg.train.epochs == 5 and cfg.det.loss.gamma == 2.0 and cfg.train.amp == "fp32"
+    det = cfg.task_config("det")
+    assert cfg.train.epochs == 5 and det.loss.gamma == 2.0 and cfg.train.amp == "fp32"
     # a nested dict override keeps the recipe's sibling keys
-    assert cfg.det.loss.alpha == 0.25 and cfg.det.postprocess.max_candidates == 5000
+    assert det.loss.alpha == 0.25 and det.postprocess.max_candidates == 5000
+    # model and task keys are validated when the config is built, before any data is read
+    with pytest.raises(ConfigError, match=r"model\.neck\.chanels; valid keys under model\.neck: channels"):
+        build_config("det-coco-d0", set_items=["model.neck.chanels=8"])
+    with pytest.raises(ConfigError, match=r"det\.loss\.gama; valid keys under det\.loss: alpha"):
+        build_config("det-coco-d0", set_items=["det.loss.gama=2"])
+    with pytest.raises(ConfigError, match="setting 'seg' names no section of the config and no task of this run"):
+        build_config("det-coco-d0", set_items=["seg.flip_test=true"])
     with pytest.raises(ConfigError, match=r"train\.lrr.*valid keys under train: .*base_lr"):
         build_config("det-coco-d0", set_items=["train.lrr=1"])
     with pytest.raises(ConfigError, match="train.amp"):
@@ -92,22 +101,22 @@ def test_recipe_file_with_base_relative_to_itself(tmp_path):
 
 def test_seg_trains_on_train_aug_when_sbd_is_present(tmp_path):
     from multitask_edet.datasets.testing import write_sbd_tree, write_voc_tree
-    from multitask_edet.engine.build import default_train_split
+    from multitask_edet.datasets import default_train_split
 
     tree = write_voc_tree(tmp_path)
-    assert default_train_split("voc2012", ["seg"], tmp_path, {}) == "train"
-    assert default_train_split("voc2012", ["det"], tmp_path, {}) == "train"
+    assert default_train_split("voc2012", tmp_path, ["seg"], {}) == "train"
+    assert default_train_split("voc2012", tmp_path, ["det"], {}) == "train"
     write_sbd_tree(tmp_path, tree, fmt="aug")
-    assert default_train_split("voc2012", ["seg"], tmp_path, {}) == "train_aug"
-    assert default_train_split("voc2012", ["det", "seg"], tmp_path, {}) == "train_aug"
-    assert default_train_split("voc0712", ["det"], tmp_path, {}) == "trainval"
+    assert default_train_split("voc2012", tmp_path, ["seg"], {}) == "train_aug"
+    assert default_train_split("voc2012", tmp_path, ["det", "seg"], {}) == "train_aug"
+    assert default_train_split("voc0712", tmp_path, ["det"], {}) == "trainval"
 
 
 def test_initial_weights_fine_tune_across_class_sets(tmp_path):
     """model.checkpoint_strict=false seeds a 5-class model from a 90-class detector."""
     from safetensors.torch import save_file
 
-    from multitask_edet.engine.build import build_model
+    from multitask_edet.engine.builders import build_model
     from multitask_edet.engine.config import config_from_dict
     from multitask_edet.models.factory import create_model
 

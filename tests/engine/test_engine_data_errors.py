@@ -1,4 +1,4 @@
-"""Broken data (issue 5 item 9): `data check` lists every problem; training raises or skips and lists."""
+"""Broken data: `data check` lists every problem; training raises or skips and lists."""
 from __future__ import annotations
 
 import json

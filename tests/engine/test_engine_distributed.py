@@ -1,4 +1,4 @@
-"""torchrun with 2 CPU processes (gloo): DDP training, distributed evaluation (issue 5 item 5).
+"""torchrun with 2 CPU processes (gloo): DDP training, distributed evaluation.
 
 The distributed run evaluates its final weights with each process scoring a disjoint shard
 (an uneven one here: 3 images over 2 processes); the metrics must equal a single-process

@@ -1,4 +1,4 @@
-"""What a trained run gives users: `mtedet eval`, `predict` and `export` (issue 5 items 6–8)."""
+"""What a trained run gives users: `mtedet eval`, `predict` and `export`."""
 from __future__ import annotations
 
 import json
@@ -47,12 +47,13 @@ def test_predict_writes_json_mask_and_overlay_in_original_coordinates(trained_ru
         with Image.open(img) as im:
             w, h = im.size
         assert (rec["width"], rec["height"]) == (w, h)
-        assert rec["detections"], "score threshold 0 keeps the detections of an untrained model"
-        for d in rec["detections"]:
+        assert rec["det"], "score threshold 0 keeps the detections of an untrained model"
+        for d in rec["det"]:
             x0, y0, x1, y1 = d["box"]
             assert -1 <= x0 <= x1 <= w + 1 and -1 <= y0 <= y1 <= h + 1
             assert d["class"] in ("circle", "square", "triangle", "star", "cross") and 0 <= d["score"] <= 1
-        with Image.open(out / rec["segmentation"]["mask"]) as m:
+        assert rec["seg"]["mask"] == f"{img.stem}_seg_mask.png" and sum(rec["seg"]["classes"].values()) == pytest.approx(1)
+        with Image.open(out / rec["seg"]["mask"]) as m:
             assert m.mode == "P" and m.size == (w, h)
             assert np.asarray(m).max() <= 5
         with Image.open(out / rec["overlay"]) as o:
@@ -74,16 +75,18 @@ def test_export_onnx_matches_pytorch(trained_run, tmp_path, capsys):
     assert desc["max_abs_diff"] <= 1e-4
     names = list(desc["outputs"])
     assert names == [f"det_cls_p{l}" for l in range(3, 8)] + [f"det_box_p{l}" for l in range(3, 8)] + ["seg_logits"]
-    anchors = np.load(out.with_suffix(".anchors.npy"))
+    assert desc["tasks"]["det"]["anchors_file"] == "model.det.anchors.npy"
+    assert desc["tasks"]["seg"]["class_names"][0] == "background" and desc["input"]["mean"] == [0.485, 0.456, 0.406]
+    anchors = np.load(out.parent / desc["tasks"]["det"]["anchors_file"])
     # every anchor pairs with one flattened row of the class/box outputs
     rows = sum(np.prod(desc["outputs"][f"det_box_p{l}"]["shape"][2:]) * 9 for l in range(3, 8))
-    assert anchors.shape == (rows, 4) == (desc["det"]["num_anchors_total"], 4)
+    assert anchors.shape == (rows, 4)
     assert desc["outputs"]["seg_logits"]["shape"] == [1, 6, 128, 128]
     # independent check with onnxruntime on a fresh input
     import onnxruntime as ort
     import torch
 
-    from multitask_edet.engine.build import load_trained
+    from multitask_edet.engine.builders import load_trained
 
     x = np.random.default_rng(1).standard_normal((1, 3, 128, 128)).astype(np.float32)
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x})
@@ -91,3 +94,39 @@ def test_export_onnx_matches_pytorch(trained_run, tmp_path, capsys):
         ref = load_trained(trained_run / "last.pt").model(torch.from_numpy(x))
     assert np.abs(got[0] - ref["det"]["cls"][0].numpy()).max() <= 1e-4
     assert np.abs(got[-1] - ref["seg"].numpy()).max() <= 1e-4
+
+
+def test_export_program_loads_back_equal_with_dynamic_batch(trained_run, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--checkpoint", str(trained_run), "--format", "pt2", str(out)]) == 0
+    assert "torch.export.load" in capsys.readouterr().out
+    desc = json.loads(out.with_suffix(".json").read_text())
+    assert desc["max_abs_diff"] <= 1e-5 and desc["input"]["shape"] == ["batch", 3, 128, 128]
+    from multitask_edet.engine.builders import load_for_inference
+
+    model = load_for_inference(trained_run).model
+    program = torch.export.load(str(out)).module()  # needs nothing of multitask_edet
+    for batch in (1, 4):
+        x = torch.randn(batch, 3, 128, 128)
+        with torch.no_grad():
+            got, ref = program(x), model(x)
+        assert torch.allclose(got["seg"], ref["seg"], atol=1e-5)
+        assert all(torch.allclose(g, r, atol=1e-5) for g, r in zip(got["det"]["box"], ref["det"]["box"]))
+    assert main(["export", "--checkpoint", str(trained_run), "--format", "pt2", "--end-to-end", str(out)]) == 2
+
+
+@pytest.mark.slow
+def test_export_program_with_a_dynamic_size(trained_run, tmp_path):
+    import torch
+
+    from multitask_edet.engine.export_program import export_program
+
+    desc = export_program(trained_run, tmp_path / "dyn.pt2", dynamic_size=True)
+    assert desc["input"]["shape"] == ["batch", 3, "height", "width"]
+    program = torch.export.load(str(tmp_path / "dyn.pt2")).module()
+    x = torch.randn(2, 3, 256, 384)
+    assert program(x)["seg"].shape == (2, 6, 256, 384)
+    with pytest.raises(Exception, match="256"):  # a one-pixel P7 (128 px) is outside what was captured
+        program(torch.randn(1, 3, 128, 128))

@@ -1,4 +1,4 @@
-"""Nothing lost (issue 5 item 4): a run killed with SIGTERM mid-epoch resumes exactly.
+"""Nothing lost: a run killed with SIGTERM mid-epoch resumes exactly.
 
 The killed run is a real process (`python -m multitask_edet train`) that receives SIGTERM
 while it trains; it must finish the step, write last.pt and exit cleanly. `--resume` then

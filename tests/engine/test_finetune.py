@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multitask_edet.engine.build import build_model, run_training, seed_everything
+from multitask_edet.engine.builders import build_model, seed_everything
+from multitask_edet.engine.run import run_training
 from multitask_edet.engine.checkpoint import load_checkpoint
 from multitask_edet.engine.config import build_config
 from multitask_edet.engine.finetune import FreezeStepsHook, freeze_batch_norm
@@ -35,7 +36,7 @@ def _moved(init, final, prefix):
 
 def test_freeze_steps_holds_the_backbone_then_releases_it(shapes_root, tmp_path, capsys):
     init, final = _init_and_final(_cfg(shapes_root, tmp_path / "held", 3, freeze_steps={"backbone": 5}))
-    assert "initial weights: random initialisation (model.backbone.pretrained=false)" in capsys.readouterr().out
+    assert "initial weights: backbone: random initialisation (model.backbone.pretrained=false)" in capsys.readouterr().out
     moved, keys = _moved(init, final, "backbone.body.")
     assert keys and not moved  # weights and BN statistics as initialised after 3 of its 5 held steps
     assert _moved(init, final, "neck.")[0]  # while the BiFPN trained

@@ -11,8 +11,10 @@ from multitask_edet.models import create_model
 def test_overrides_are_validated():
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) neck.chanels; valid keys under neck: channels"):
         create_model("test-efficientdet", neck={"chanels": 8})
-    with pytest.raises(ConfigError, match="unknown config key.*bogus.*valid keys: backbone, det"):
+    with pytest.raises(ConfigError, match="'bogus' is neither a model setting \\(backbone, image_size.*nor a task of the model \\(tasks: det\\)"):
         create_model("test-efficientdet", bogus=1)
+    with pytest.raises(ConfigError, match="unknown config key\\(s\\) det.levles; valid keys under det: anchor_scale"):
+        create_model("test-efficientdet", det={"levles": (3,)})
     with pytest.raises(ConfigError, match="not one of"):
         create_model("test-efficientdet", neck={"fusion": "max"})
     with pytest.raises(ConfigError, match="unknown model 'efficientdet-d9'"):
@@ -21,7 +23,7 @@ def test_overrides_are_validated():
 
 def test_num_classes_shortcut_only_when_unambiguous():
     m = create_model("test-efficientdet", num_classes=7)
-    assert m.heads["det"].num_classes == 7 and m.config.det.num_classes == 7
+    assert m.heads["det"].num_classes == 7 and m.config.tasks["det"]["num_classes"] == 7
     assert create_model("test-efficientdet", tasks="seg", num_classes=4).heads["seg"].num_classes == 4
     with pytest.raises(ConfigError, match="ambiguous"):
         create_model("test-efficientdet-seg", num_classes=7)
@@ -31,15 +33,24 @@ def test_num_classes_shortcut_only_when_unambiguous():
 
 def test_config_records_what_was_built():
     m = create_model("test-efficientdet", tasks="det,seg", neck={"channels": 24})
-    assert m.config.tasks == ("det", "seg") and m.config.neck.min_level == 2
+    assert list(m.config.tasks) == ["det", "seg"] and m.config.neck.min_level == 2
+    # every task's full options, with its type: the config alone rebuilds the same network
+    assert m.config.tasks["seg"]["type"] == "seg" and m.config.tasks["seg"]["repeats"] == 1
+    assert m.config.tasks["det"]["repeats"] == 2 and m.config.tasks["det"]["loss"]["gamma"] == 1.5
+    again = create_model(m.config)
+    assert again.config == m.config and list(again.state_dict()) == list(m.state_dict())
+    assert m.config.mean == (0.485, 0.456, 0.406) and m.config.std == (0.229, 0.224, 0.225)
     assert m.neck.channels == 24 and m.config.name == "test-efficientdet"
     cfg = get_model_config("test-efficientdet", neck={"repeats": 1})
     assert len(create_model(cfg).neck.layers) == 1
 
 
 def test_unknown_task():
-    with pytest.raises(ConfigError, match="unknown task 'depth'"):
+    with pytest.raises(ConfigError, match="task 'depth': unknown task type 'depth'; registered types: .*det.*seg"):
         create_model("test-efficientdet", tasks=("depth",))
+    # a seg head under another name, with its own class count
+    m = create_model("test-efficientdet", tasks={"det": {}, "lane": {"type": "seg", "num_classes": 2}})
+    assert m.heads["lane"].num_classes == 2 and m.config.tasks["lane"]["type"] == "seg"
 
 
 def test_checkpoint_roundtrip(tmp_path):

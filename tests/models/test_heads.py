@@ -1,4 +1,4 @@
-"""Heads: the detection nets' structure, the segmentation head, and a user-registered head."""
+"""Heads: the detection nets' structure, the segmentation head, and the head of a user's task."""
 import math
 
 import pytest
@@ -6,7 +6,10 @@ import torch
 from torch import nn
 
 from multitask_edet.errors import ConfigError
-from multitask_edet.models import HEADS, build_head, create_model, register_head
+import dataclasses
+
+from multitask_edet.models import create_model
+from multitask_edet.tasks import TASKS, Task, register_task
 from multitask_edet.models.heads import DetectionHead, SegmentationHead
 
 
@@ -46,23 +49,16 @@ def test_segmentation_head_changes_width_in_its_first_conv():
     )
 
 
-def test_unknown_head_and_head_without_levels():
-    with pytest.raises(ConfigError, match="unknown head 'nope'.*det, seg"):
-        build_head("nope", 16)
-    register_head("no_levels", lambda in_channels: nn.Identity(), override=True)
-    try:
-        with pytest.raises(ConfigError, match="must set `levels`"):
-            build_head("no_levels", 16)
-    finally:
-        HEADS.unregister("no_levels")
+# --- a task defined here, outside the library: the model factory asks it for its head -----
 
 
-# --- a head defined here, outside the library --------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class HeatmapConfig:
+    levels: tuple[int, ...] = (3,)
 
 
-@register_head("test_heatmap", override=True)
 class HeatmapHead(nn.Module):
-    """A one-channel heat map on P3 (say, object centres)."""
+    """A one-channel heat map on one level (say, object centres)."""
 
     def __init__(self, in_channels: int, levels=(3,)):
         super().__init__()
@@ -73,17 +69,35 @@ class HeatmapHead(nn.Module):
         return self.net(feats[0])
 
 
-def test_user_registered_head_trains_with_the_trunk():
+@register_task("test_heatmap", override=True)
+class HeatmapTask(Task):
+    Config = HeatmapConfig
+
+    def build_head(self, in_channels, padding="pytorch"):
+        return HeatmapHead(in_channels, self.config.levels)
+
+    def loss(self, outputs, batch):
+        return {}
+
+    def postprocess(self, outputs, batch):
+        return list(outputs)
+
+    def evaluator(self, dataset=None, output_dir=None):
+        raise NotImplementedError
+
+
+def test_user_task_head_trains_with_the_trunk():
     torch.manual_seed(0)
-    model = create_model("test-efficientdet", tasks=(), extra_heads={"heatmap": "test_heatmap"})
-    assert (model.min_level, model.max_level) == (3, 7) and list(model.heads) == ["heatmap"]
+    model = create_model("test-efficientdet", tasks=("test_heatmap",))
+    assert (model.min_level, model.max_level) == (3, 7) and list(model.heads) == ["test_heatmap"]
+    assert model.config.tasks["test_heatmap"] == {"type": "test_heatmap", "levels": [3]}
     x = torch.randn(2, 3, 128, 128)
     target = torch.zeros(2, 1, 16, 16)
     target[:, :, 4:8, 6:10] = 1.0
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(8):
-        loss = nn.functional.binary_cross_entropy_with_logits(model(x)["heatmap"], target)
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x)["test_heatmap"], target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -93,12 +107,27 @@ def test_user_registered_head_trains_with_the_trunk():
     assert model.backbone.body.conv_stem.weight.grad.abs().sum() > 0
 
 
-def test_extra_head_forms():
-    lvl2 = create_model("test-efficientdet", extra_heads={"hm": {"head": "test_heatmap", "levels": (2,)}})
-    assert lvl2.min_level == 2 and set(lvl2.heads) == {"det", "hm"}
-    module = HeatmapHead(16, levels=(4,))
-    assert create_model("test-efficientdet", tasks=(), extra_heads={"hm": module}).heads["hm"] is module
-    with pytest.raises(ConfigError, match="clashes"):
-        create_model("test-efficientdet", extra_heads={"det": "test_heatmap"})
-    with pytest.raises(ConfigError, match="must be an nn.Module"):
-        create_model("test-efficientdet", extra_heads={"x": 3})
+def test_user_task_options_instances_and_errors():
+    # options move the trunk: a head on P2 extends the BiFPN down to P2
+    lvl2 = create_model("test-efficientdet", tasks={"det": {}, "hm": {"type": "test_heatmap", "levels": [2]}})
+    assert lvl2.min_level == 2 and set(lvl2.heads) == {"det", "hm"} and lvl2.heads["hm"].levels == (2,)
+    # two instances of one type under different names
+    two = create_model("test-efficientdet", tasks={"a": {"type": "test_heatmap"}, "b": {"type": "test_heatmap", "levels": [4]}})
+    assert two.heads["a"].levels == (3,) and two.heads["b"].levels == (4,)
+    with pytest.raises(ConfigError, match="task 'hm': unknown task type 'hm'.*--set hm.type=seg"):
+        create_model("test-efficientdet", tasks=("hm",))
+    with pytest.raises(ConfigError, match="unknown config key\\(s\\) hm.level; valid keys under hm: levels"):
+        create_model("test-efficientdet", tasks={"hm": {"type": "test_heatmap", "level": 2}})
+
+
+def test_a_head_without_levels_is_refused():
+    @register_task("test_no_levels", override=True)
+    class NoLevels(HeatmapTask):
+        def build_head(self, in_channels, padding="pytorch"):
+            return nn.Identity()
+
+    try:
+        with pytest.raises(ConfigError, match="head of task 'test_no_levels' must be an nn.Module with `levels`"):
+            create_model("test-efficientdet", tasks=("test_no_levels",))
+    finally:
+        TASKS.unregister("test_no_levels")

@@ -99,11 +99,11 @@ def test_compiles_as_one_graph():
 def test_constructor_checks_levels():
     from multitask_edet.models.backbone import Backbone
     from multitask_edet.models.bifpn import BiFPN
-    from multitask_edet.models.heads import build_head
+    from multitask_edet.models.heads import DetectionHead
 
     bb = Backbone("test_efficientnet", 3, 7, 16)
     neck = BiFPN(bb.levels, bb.channels, 16, 1)
-    model = MultiTaskEfficientDet(bb, neck, {"det": build_head("det", 16, num_classes=2)})
+    model = MultiTaskEfficientDet(bb, neck, {"det": DetectionHead(16, num_classes=2)})
     assert model._routes["det"] == (0, 1, 2, 3, 4)
     with pytest.raises(ConfigError, match="differ"):
         MultiTaskEfficientDet(bb, BiFPN((3, 4, 5), bb.channels[:3], 16, 1), {})

@@ -12,7 +12,7 @@ Boxes are xyxy in input pixels. Inputs need not be square; feature sizes follow
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -81,21 +81,27 @@ class AnchorGenerator:
                 half_h.append(self.anchor_scale * stride_y * mult * ay / 2.0)
         return torch.tensor(half_w, dtype=torch.float64), torch.tensor(half_h, dtype=torch.float64)
 
+    def _level(self, fh: Any, fw: Any, stride_y: float, stride_x: float) -> torch.Tensor:
+        """(fh·fw·A, 4) anchors of one level. ``fh``/``fw`` may be 0-dim tensors (a graph traced
+        with a dynamic input size); the arithmetic is float64 either way, then float32."""
+        half_w, half_h = self._half_sizes(stride_y, stride_x)
+        cy = stride_y / 2 + torch.arange(fh, dtype=torch.float64) * stride_y
+        cx = stride_x / 2 + torch.arange(fw, dtype=torch.float64) * stride_x
+        cy, cx, half_w, half_h = torch.broadcast_tensors(cy.view(-1, 1, 1), cx.view(1, -1, 1), half_w, half_h)
+        return torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1).reshape(-1, 4).float()
+
     def _generate(self, image_size: tuple[int, int]) -> torch.Tensor:
         H, W = int(image_size[0]), int(image_size[1])
-        out = []
         # float64 on the host, then float32: the reference computes anchors in numpy float64,
         # and bit-equal anchors keep IoU-threshold decisions identical to it.
-        for fh, fw in self.level_sizes((H, W)):
-            stride_y, stride_x = H / fh, W / fw
-            half_w, half_h = self._half_sizes(stride_y, stride_x)
-            cy = stride_y / 2 + torch.arange(fh, dtype=torch.float64) * stride_y
-            cx = stride_x / 2 + torch.arange(fw, dtype=torch.float64) * stride_x
-            cy = cy.view(fh, 1, 1).expand(fh, fw, self.num_anchors)
-            cx = cx.view(1, fw, 1).expand(fh, fw, self.num_anchors)
-            boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], dim=-1)
-            out.append(boxes.reshape(-1, 4))
-        return torch.cat(out).float()
+        return torch.cat([self._level(fh, fw, H / fh, W / fw) for fh, fw in self.level_sizes((H, W))])
+
+    def for_feature_sizes(self, sizes: Sequence[tuple[Any, Any]], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Anchors from the (h, w) of every level's feature map, for an input divisible by
+        2**max_level (each level's stride is then exactly 2**level): what an exported graph
+        with a dynamic input size computes, equal to ``self(image_size)``."""
+        out = [self._level(fh, fw, float(2**lv), float(2**lv)) for lv, (fh, fw) in zip(self.levels, sizes)]
+        return torch.cat(out).to(device)
 
     def __call__(self, image_size: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
         """(N, 4) xyxy float32 anchors for an input of ``image_size`` (H, W) on ``device``."""

@@ -1,12 +1,12 @@
-"""Settings of the detection task that are not part of the network (paper §5.1).
+"""Options of the detection task (paper §3.3, §5.1): head shape, anchors, loss, NMS, evaluation.
 
-The head's shape (classes, anchors, levels) lives in ``multitask_edet.config.DetHeadConfig``;
-these dataclasses hold target assignment + loss, post-processing and evaluation, with the
-defaults of the reference implementation (effdet / google automl).
+``DetectionConfig`` is the experiment's ``det:`` section (or the section of any task of type
+``det``). Defaults are the paper's and the reference implementation's (effdet / google automl);
+a model variant overrides the head's depth and levels (config.py), the dataset the class count.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -58,3 +58,27 @@ class DetEvalConfig:
     voc_ap_method: Literal["area", "11point"] = "area"
     #: name of the COCO results JSON written to the evaluator's output_dir
     results_file: str = "det_results.json"
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    #: dataset annotation (kind "boxes") the task learns from; None = the task's own name
+    source: str | None = None
+    #: object classes (no background class: sigmoid per class); set from the dataset by default
+    num_classes: int = 90
+    #: class/box net depth (paper Table 1: 3 for D0–D2, 4 for D3–D5, 5 for D6–D7x)
+    repeats: int = 3
+    levels: tuple[int, ...] = (3, 4, 5, 6, 7)
+    #: anchor base size = anchor_scale · stride (4; 5 for D7)
+    anchor_scale: float = 4.0
+    num_scales: int = 3
+    aspect_ratios: tuple[tuple[float, float], ...] = ((1.0, 1.0), (1.4, 0.7), (0.7, 1.4))
+    #: initial foreground probability of every anchor (RetinaNet §4.1)
+    prior_prob: float = 0.01
+    loss: DetLossConfig = field(default_factory=DetLossConfig)
+    postprocess: DetPostprocessConfig = field(default_factory=DetPostprocessConfig)
+    eval: DetEvalConfig = field(default_factory=DetEvalConfig)
+
+    @property
+    def num_anchors(self) -> int:
+        return self.num_scales * len(self.aspect_ratios)

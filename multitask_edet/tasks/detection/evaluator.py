@@ -68,15 +68,17 @@ class DetectionEvaluator(Evaluator):
         self.reset()
 
     @classmethod
-    def from_dataset(cls, dataset, output_dir=None, cfg: DetEvalConfig = DetEvalConfig()) -> "DetectionEvaluator":
+    def from_dataset(cls, dataset, output_dir=None, cfg: DetEvalConfig = DetEvalConfig(),
+                     annotation: str = "det") -> "DetectionEvaluator":
+        """The evaluator of a dataset's box annotation ``annotation`` (its COCO-format ground truth)."""
         protocol = cfg.protocol
         if protocol == "auto":
             name = str(getattr(dataset, "name", "") or type(dataset).__name__).lower()
             protocol = "voc" if name.startswith("voc") else "coco"
         names = getattr(dataset, "class_names", None)
         if isinstance(names, Mapping):
-            names = names.get("det")
-        return cls(dataset.det_gt(), dataset.cat_ids, names, output_dir, protocol, cfg)
+            names = names.get(annotation)
+        return cls(dataset.box_gt(annotation), dataset.cat_ids, names, output_dir, protocol, cfg)
 
     # -- accumulation --------------------------------------------------------------------
     def reset(self) -> None:

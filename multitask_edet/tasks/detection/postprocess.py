@@ -20,6 +20,12 @@ from .box_coder import BoxCoder
 from .config import DetPostprocessConfig
 
 
+def at_most(n: Any, k: int) -> Any:
+    """min(n, k) for a size ``n`` that is an int, or a 0-dim tensor when a graph is traced with a
+    dynamic input size (the clamp then stays in the graph instead of becoming a constant)."""
+    return torch.clamp(n, max=k) if isinstance(n, torch.Tensor) else min(int(n), k)
+
+
 def select_candidates(
     cls_outputs: Sequence[torch.Tensor], box_outputs: Sequence[torch.Tensor], num_classes: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,7 +33,7 @@ def select_candidates(
     logits = torch.cat([flatten_level(c, num_classes) for c in cls_outputs], dim=1)
     codes = torch.cat([flatten_level(b, 4) for b in box_outputs], dim=1)
     B = logits.shape[0]
-    k = min(k, logits.shape[1] * num_classes)
+    k = at_most(logits.shape[1] * num_classes, k)
     top, flat_idx = logits.reshape(B, -1).topk(k, dim=1)
     anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
     classes = flat_idx % num_classes

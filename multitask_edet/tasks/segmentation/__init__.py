@@ -1,7 +1,7 @@
 """Semantic segmentation on BiFPN P2 (paper §5.2): loss, inference at original size, mIoU."""
-from .config import SEG_LOSSES, SegLossConfig
+from .config import SEG_LOSSES, SegLossConfig, SegmentationConfig
 from .evaluator import SegmentationEvaluator
-from .inference import predict_scores, scores_to_masks
+from .inference import scores_to_masks
 from .loss import SegmentationLoss
 from .palette import save_confusion_matrix_image, save_palette_png, voc_palette
 from .task import SegmentationTask
@@ -9,10 +9,10 @@ from .task import SegmentationTask
 __all__ = [
     "SEG_LOSSES",
     "SegLossConfig",
+    "SegmentationConfig",
     "SegmentationEvaluator",
     "SegmentationLoss",
     "SegmentationTask",
-    "predict_scores",
     "save_confusion_matrix_image",
     "save_palette_png",
     "scores_to_masks",

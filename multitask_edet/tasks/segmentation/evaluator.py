@@ -27,7 +27,7 @@ metric keeps the same dataset-level confusion matrix, but it validates every upd
 synchronisations, falls back to a (pixels × C²) one-hot count under deterministic algorithms,
 and synchronises through its own ``compute`` rather than the ``Evaluator.sync`` contract the
 trainer calls. Evaluation runs at the original image size: ground truth comes from
-``meta["orig_mask"]``; without it the input-size ``mask`` is mapped back (inference.py).
+``meta["orig_masks"]``; without it the input-size mask is mapped back (inference.py).
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class SegmentationEvaluator(Evaluator):
         ignore_index: int = 255,
         output_dir: str | Path | None = None,
         palette: np.ndarray | None = None,
+        annotation: str = "seg",
     ):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
@@ -63,6 +64,8 @@ class SegmentationEvaluator(Evaluator):
         self.ignore_index = ignore_index
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.palette = palette
+        #: the batch key / ``meta["orig_masks"]`` entry holding this task's ground truth
+        self.annotation = annotation
         self.reset()
 
     def reset(self) -> None:
@@ -99,13 +102,13 @@ class SegmentationEvaluator(Evaluator):
         """``predictions``: per image (H0, W0) class indices at the original size (postprocess)."""
         n = len(predictions)
         metas = batch.get("meta") or [None] * n
-        masks = batch.get("mask") or [None] * n
+        masks = batch.get(self.annotation) or [None] * n
         preds, gts = [], []
         for pred, meta, mask in zip(predictions, metas, masks):
             self._seen += 1
             if self.output_dir is not None:
                 save_palette_png(pred, self.output_dir / f"{self._stem(meta, self._seen)}.png", self.palette)
-            gt = meta.get("orig_mask") if meta else None
+            gt = (meta.get("orig_masks") or {}).get(self.annotation) if meta else None
             if gt is None and mask is not None:
                 gt = mask_to_original(mask, meta)
             if gt is None:

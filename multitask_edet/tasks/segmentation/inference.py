@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from ...datasets.io import IGNORE_INDEX
 
 
 def _geometry(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[tuple[int, int], float, tuple[float, float]]:
@@ -86,28 +87,33 @@ def scores_to_masks(
     return out
 
 
+def input_masks(scores: torch.Tensor, orig_sizes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) scores at input size → (B, H, W) class indices at input size, batched and
+    traceable (an exported graph's output): pixels outside each image are marked as ignored.
+
+    The images sit at the top-left of the input, scaled by ``scales`` (B,) from ``orig_sizes``
+    (B, 2) = (h0, w0); a pixel belongs to the image when its centre does (the rule of
+    ``valid_region``). Inside, the mask equals ``scores_to_masks`` of an image at scale 1, and
+    cropping it to the valid region then resizing to (h0, w0) maps it to the original. uint8
+    with 255 outside when the classes fit below 255, else int64 with -1 outside.
+    """
+    h, w = scores.shape[-2:]
+    limit = (orig_sizes.to(scores.device, torch.float32) * scales.to(scores.device, torch.float32).view(-1, 1))
+    rows = torch.arange(h, device=scores.device, dtype=torch.float32) + 0.5
+    cols = torch.arange(w, device=scores.device, dtype=torch.float32) + 0.5
+    inside = (rows.view(1, -1, 1) < limit[:, 0].view(-1, 1, 1)) & (cols.view(1, 1, -1) < limit[:, 1].view(-1, 1, 1))
+    small = scores.shape[1] < IGNORE_INDEX
+    labels = scores.argmax(1).to(torch.uint8 if small else torch.int64)
+    return torch.where(inside, labels, torch.full_like(labels, IGNORE_INDEX if small else -1))
+
+
 def mask_to_original(mask: torch.Tensor, meta: dict[str, Any] | None) -> torch.Tensor:
     """A mask at input size → original size by nearest neighbour through the same mapping.
 
     Exact when the image was only padded (scale 1); otherwise an approximation of the original
-    mask, used only when a sample carries no ``meta["orig_mask"]``.
+    mask, used only when a sample carries no original-size mask in ``meta["orig_masks"]``.
     """
     (h0, w0), scale, (top, left) = _geometry(meta, tuple(mask.shape[-2:]))
     rows = (_source(h0, scale, top) + 0.5).floor().long().clamp(0, mask.shape[-2] - 1)
     cols = (_source(w0, scale, left) + 0.5).floor().long().clamp(0, mask.shape[-1] - 1)
     return mask[rows.to(mask.device)][:, cols.to(mask.device)]
-
-
-@torch.no_grad()
-def predict_scores(model: nn.Module, images: torch.Tensor, key: str = "seg", flip: bool = False) -> torch.Tensor:
-    """Class scores (B, C, H, W) at input size from normalised ``images``.
-
-    ``flip`` adds horizontal-flip test-time augmentation: the softmax probabilities of the
-    image and of its mirror (mirrored back) are averaged, so the result is probabilities.
-    """
-    if not flip:
-        return model(images)[key]
-    # One forward over image + mirror: twice the batch keeps the device busier than two calls.
-    logits = model(torch.cat([images, images.flip(-1)]))[key].float()
-    direct, mirrored = logits.chunk(2)
-    return (direct.softmax(1) + mirrored.flip(-1).softmax(1)) / 2

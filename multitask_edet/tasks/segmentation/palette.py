@@ -1,11 +1,6 @@
-"""Images the segmentation task writes: VOC palette PNGs and a confusion-matrix picture.
+"""Images the segmentation task writes: VOC palette PNGs (datasets/io.py) and a confusion-matrix picture.
 
-Pascal VOC stores class masks as palette ('P' mode) PNGs whose pixel index is the class and
-whose colour table is the VOC colormap (devkit ``labelcolormap``: the bits of the index spread
-over R, G, B from the most significant bit down). Predictions written that way open in VOC
-tools and viewers like the ground truth does. Neither PIL nor torchvision ships this
-colormap, so it is generated here. The confusion matrix is drawn with PIL (matplotlib is not
-a dependency of the project).
+The confusion matrix is drawn with PIL (matplotlib is not a dependency of the project).
 """
 from __future__ import annotations
 
@@ -16,30 +11,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ...datasets.io import save_palette_png, voc_palette
 
-def voc_palette(num_colors: int = 256) -> np.ndarray:
-    """(num_colors, 3) uint8 VOC colormap: 0 black, 1 (128, 0, 0), ..., 255 (224, 224, 192)."""
-    idx = np.arange(num_colors)
-    palette = np.zeros((num_colors, 3), dtype=np.uint8)
-    for bit in range(8):
-        for channel in range(3):
-            palette[:, channel] |= (((idx >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
-    return palette
-
-
-def save_palette_png(mask: torch.Tensor | np.ndarray, path: str | Path, palette: np.ndarray | None = None) -> Path:
-    """Write a (H, W) class-index mask as a palette PNG (mode 'P', VOC colormap by default)."""
-    arr = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    if arr.ndim != 2:
-        raise ValueError(f"a mask to write as {path} must be (H, W), got shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise ValueError(f"palette PNG {path} can hold class indices 0..255 only, got {arr.min()}..{arr.max()}")
-    image = Image.fromarray(arr.astype(np.uint8))
-    image.putpalette((voc_palette() if palette is None else palette).astype(np.uint8).tobytes())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+__all__ = ["confusion_matrix_image", "save_confusion_matrix_image", "save_palette_png", "voc_palette"]
 
 
 def confusion_matrix_image(

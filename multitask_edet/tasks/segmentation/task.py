@@ -1,103 +1,127 @@
 """The segmentation task (paper §5.2): a per-pixel classifier on BiFPN level P2.
 
-Ties together what the trainer and users need for segmentation: the head (built by the
-head registry), the loss on the batch's masks, predictions at each image's original size,
-and the mIoU evaluator. Registered as task "seg".
+Ties together what the trainer and users need for segmentation: the head, the loss on the
+batch's masks, predictions at each image's original size (with optional flip test-time
+augmentation, applied wherever the task predicts), and the mIoU evaluator. It learns from a
+"mask" annotation (datasets/base.py); several instances with their own class sets can share a
+trunk (``drivable`` and ``lane`` on BDD100K, both of type "seg").
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from ...config import SegHeadConfig
-from ...config_utils import from_dict
+from ...datasets.io import IGNORE_INDEX
 from ...errors import ConfigError
-from ..base import Task, register_task
-from .config import SegLossConfig
+from ...models.heads import SegmentationHead
+from ..base import ExportGeometry, Forward, Task, register_task
+from ..drawing import blend_mask
+from .config import SegmentationConfig
 from .evaluator import SegmentationEvaluator
-from .inference import predict_scores, scores_to_masks
+from .inference import input_masks, scores_to_masks
 from .loss import SegmentationLoss
 
 
 @register_task("seg")
 class SegmentationTask(Task):
-    name = "seg"
-    target_keys = ("mask",)
+    Config = SegmentationConfig
+    annotation = "mask"
 
-    def __init__(
-        self,
-        head_cfg: SegHeadConfig | None = None,
-        loss_cfg: SegLossConfig | dict[str, Any] | None = None,
-        class_names: Sequence[str] | None = None,
-        ignore_index: int = 255,
-        flip_test: bool = False,
-    ):
-        self.head_cfg = head_cfg or SegHeadConfig()
-        if isinstance(loss_cfg, dict):
-            loss_cfg = from_dict(SegLossConfig, loss_cfg, "seg.loss")
-        self.loss_cfg = loss_cfg or SegLossConfig()
-        if class_names is not None and len(class_names) != self.num_classes:
+    def __init__(self, config: SegmentationConfig | dict | None = None, *, name: str | None = None,
+                 class_names=None):
+        super().__init__(config, name=name, class_names=class_names)
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ConfigError(
-                f"{len(class_names)} segmentation class names for seg.num_classes={self.num_classes}; "
-                "set model seg.num_classes to the dataset's number of classes (background included)"
+                f"{len(self.class_names)} segmentation class names for {self.name}.num_classes={self.num_classes}; "
+                f"set {self.name}.num_classes to the dataset's number of classes (background included)"
             )
-        self.class_names = list(class_names) if class_names is not None else None
-        self.ignore_index = ignore_index
-        #: horizontal-flip test-time augmentation in ``predict``
-        self.flip_test = flip_test
-        self.criterion = SegmentationLoss(self.loss_cfg, ignore_index, prefix=self.name)
+        self.ignore_index = IGNORE_INDEX
+        self.criterion = SegmentationLoss(self.config.loss, IGNORE_INDEX, prefix=self.name)
 
     @property
     def num_classes(self) -> int:
-        return self.head_cfg.num_classes
+        return self.config.num_classes
 
     def build_head(self, in_channels: int, padding: str = "pytorch") -> nn.Module:
-        """The P2 pixel classifier; ``padding`` follows the neck's ("pytorch" or TF "same")."""
-        from ...models.heads import build_head  # the trunk imports tasks; import late
+        c = self.config
+        return SegmentationHead(in_channels, num_classes=c.num_classes, channels=c.channels, repeats=c.repeats,
+                                level=c.level, padding=padding)
 
-        c = self.head_cfg
-        return build_head(
-            "seg", in_channels, num_classes=c.num_classes, channels=c.channels, repeats=c.repeats,
-            level=c.level, padding=padding,
-        )
+    def loss(self, outputs: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``{"<name>_ce": ..., ...}``, each term already multiplied by its configured weight."""
+        return self.criterion(outputs, batch.get(self.source))
 
-    def _logits(self, outputs: Any) -> torch.Tensor:
-        # Accept the model's whole output dict as well as this task's entry.
-        return outputs[self.name] if isinstance(outputs, dict) else outputs
-
-    def loss(self, outputs: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``{"seg_ce": ..., ...}``, each term already multiplied by its configured weight."""
-        return self.criterion(self._logits(outputs), batch.get("mask"))
-
-    def postprocess(self, outputs: Any, batch: dict[str, Any]) -> list[torch.Tensor]:
+    def postprocess(self, outputs: torch.Tensor, batch: dict[str, Any]) -> list[torch.Tensor]:
         """Per image a (H0, W0) uint8 tensor of class indices at the original image size."""
-        return scores_to_masks(self._logits(outputs), batch.get("meta"))
+        return scores_to_masks(outputs, batch.get("meta"))
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
-        """Run ``model`` on the batch's uint8 images (with flip TTA if ``flip_test``) and postprocess."""
-        from ...datasets.base import normalize_images  # keeps the dataset adapters out of task imports
+    def class_scores(self, forward: Forward) -> torch.Tensor:
+        """(B, C, H, W) scores whose argmax is the class: the logits, or with ``flip_test`` the
+        softmax of the image and of its mirror (mirrored back), averaged."""
+        logits = forward()[self.name]
+        if not self.config.flip_test:
+            return logits
+        mirrored = forward(flip=True)[self.name]
+        return (logits.float().softmax(1) + mirrored.float().flip(-1).softmax(1)) / 2
 
-        device = next(model.parameters()).device
-        images = normalize_images(batch["images"], device)
-        return scores_to_masks(predict_scores(model, images, self.name, self.flip_test), batch.get("meta"))
+    def predict(self, forward: Forward, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """Masks at the original size (flip test-time augmentation with ``flip_test``)."""
+        return self.postprocess(self.class_scores(forward), batch)
+
+    def export_postprocess(self, forward: Forward, geometry: ExportGeometry) -> dict[str, torch.Tensor]:
+        """``mask`` (B, H, W): class indices at the input size, 255 on the letterbox padding
+        (tasks/segmentation/inference.py ``input_masks``)."""
+        return {"mask": input_masks(self.class_scores(forward), geometry.orig_sizes, geometry.scales)}
 
     def evaluator(self, dataset: Any = None, output_dir: str | Path | None = None) -> SegmentationEvaluator:
-        """mIoU evaluator; class names from ``dataset.class_names["seg"]`` when given.
+        """mIoU evaluator; class names from the dataset's annotation when given.
 
-        With ``output_dir`` every prediction is also written there as a VOC palette PNG
-        named after its image.
+        With ``save_eval_masks`` and an ``output_dir`` every prediction is also written there as
+        a VOC palette PNG named after its image.
         """
         names = self.class_names
-        dataset_names = (getattr(dataset, "class_names", None) or {}).get("seg") if dataset is not None else None
+        dataset_names = (getattr(dataset, "class_names", None) or {}).get(self.source) if dataset is not None else None
         if dataset_names is not None:
             if len(dataset_names) != self.num_classes:
                 raise ConfigError(
-                    f"the dataset has {len(dataset_names)} segmentation classes but the model's "
-                    f"seg.num_classes is {self.num_classes}; set seg.num_classes={len(dataset_names)}"
+                    f"the dataset has {len(dataset_names)} classes in its {self.source!r} masks but "
+                    f"{self.name}.num_classes is {self.num_classes}; set {self.name}.num_classes={len(dataset_names)}"
                 )
             names = list(dataset_names)
-        return SegmentationEvaluator(self.num_classes, names, self.ignore_index, output_dir)
+        out = output_dir if self.config.save_eval_masks else None
+        return SegmentationEvaluator(self.num_classes, names, self.ignore_index, out, annotation=self.source)
+
+    # ------------------------------------------------------------------ outputs for people and runtimes
+    def record(self, prediction: torch.Tensor, *, score_threshold: float = 0.0,
+               save: Callable[[str, Any], str] | None = None) -> dict[str, Any]:
+        """The mask's file (a palette PNG written by ``save``) and the share of the image each class covers."""
+        mask = prediction.cpu().numpy()
+        names = self.class_names or []
+        rec: dict[str, Any] = {}
+        if save is not None:
+            rec["mask"] = save("mask", mask.astype(np.uint8))
+        values, counts = np.unique(mask, return_counts=True)
+        rec["classes"] = {
+            (names[v] if v < len(names) else str(int(v))): float(c) / mask.size
+            for v, c in zip(values.tolist(), counts.tolist()) if v != self.ignore_index
+        }
+        return rec
+
+    def draw(self, canvas, prediction: torch.Tensor, *, score_threshold: float = 0.0) -> None:
+        blend_mask(canvas, prediction.cpu().numpy())
+
+    def export_outputs(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": outputs}
+
+    def describe_export(self) -> dict[str, Any]:
+        return {
+            "type": self.type_name,
+            "class_names": self.class_names,
+            "num_classes": self.num_classes,
+            "output": f"{self.name}_logits: (B, C, H, W) class logits at the input size; argmax over C, crop the "
+            "padding, resize to the original size",
+        }

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from multitask_edet.config import DetHeadConfig
+from multitask_edet.tasks.detection import DetectionConfig
 from multitask_edet.tasks.detection.anchors import AnchorGenerator, feature_sizes
 from multitask_edet.tasks.detection.box_coder import BoxCoder
 from multitask_edet.tasks.detection.matcher import (
@@ -23,7 +23,7 @@ def test_anchors_equal_effdet(size, scale):
 
 
 def test_anchor_layout_and_cache():
-    gen = AnchorGenerator.from_head_config(DetHeadConfig())
+    gen = AnchorGenerator.from_head_config(DetectionConfig())
     assert gen.num_anchors == 9
     assert gen.num_anchors_per_level((256, 128)) == [32 * 16 * 9, 16 * 8 * 9, 8 * 4 * 9, 4 * 2 * 9, 2 * 1 * 9]
     a = gen((256, 128))

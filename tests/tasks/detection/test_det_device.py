@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from multitask_edet.config import DetHeadConfig
-from multitask_edet.tasks.detection import DetectionTask, DetLossConfig
+from multitask_edet.tasks.detection import DetectionConfig, DetectionTask, DetLossConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -19,8 +18,9 @@ def _inputs(B=3):
         boxes.append(torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 120 + 4], 1))
         labels.append(torch.randint(0, C, (n,), generator=g))
         ignore.append(torch.arange(n) == 1)  # one crowd box per image that has boxes
-    batch = {"images": torch.zeros(B, 3, *SIZE, dtype=torch.uint8), "boxes": boxes, "labels": labels,
-             "ignore": ignore, "meta": [{"scale": 0.5, "pad": (3, 5), "orig_size": (500, 760)}] * B}
+    det = [{"boxes": b, "labels": lab, "ignore": ign} for b, lab, ign in zip(boxes, labels, ignore)]
+    batch = {"images": torch.zeros(B, 3, *SIZE, dtype=torch.uint8), "det": det,
+             "meta": [{"scale": 0.5, "pad": (3, 5), "orig_size": (500, 760)}] * B}
     cls = [torch.randn(B, 9 * C, SIZE[0] >> l, SIZE[1] >> l, generator=g) - 3 for l in range(3, 8)]
     box = [torch.randn(B, 36, SIZE[0] >> l, SIZE[1] >> l, generator=g) * 0.3 for l in range(3, 8)]
     return batch, {"cls": cls, "box": box}
@@ -31,7 +31,7 @@ def _to(outputs, device):
 
 
 def test_cuda_matches_cpu():
-    task = DetectionTask(DetHeadConfig(num_classes=C), DetLossConfig(giou_weight=1.0))
+    task = DetectionTask(DetectionConfig(num_classes=C, loss=DetLossConfig(giou_weight=1.0)))
     batch, out = _inputs()
     cpu_t = task.build_targets(batch, SIZE, "cpu")
     gpu_t = task.build_targets(batch, SIZE, "cuda")
@@ -50,7 +50,7 @@ def test_cuda_matches_cpu():
 
 
 def test_training_path_has_no_host_sync():
-    task = DetectionTask(DetHeadConfig(num_classes=C))
+    task = DetectionTask(DetectionConfig(num_classes=C))
     batch, out = _inputs()
     out = _to(out, "cuda")
     task.anchors(SIZE, "cuda")  # anchors are built (host → device) once, then cached

@@ -6,8 +6,7 @@ effdet = pytest.importorskip("effdet")
 from effdet.bench import DetBenchPredict  # noqa: E402
 
 from multitask_edet.compat.effdet import convert_effdet_state_dict  # noqa: E402
-from multitask_edet.models.factory import create_model  # noqa: E402
-from multitask_edet.tasks.detection import DetectionTask  # noqa: E402
+from multitask_edet.models.factory import build_model_tasks, create_model  # noqa: E402
 
 SIZE = (256, 256)
 C = 10
@@ -31,7 +30,7 @@ def test_converted_effdet_detections_equal_det_bench_predict():
     ref = _random_effdet()
     model = create_model("tf_efficientdet-d0", tasks=("det",), det={"num_classes": C}).eval()
     model.load_state_dict(convert_effdet_state_dict(ref.state_dict(), model))
-    task = DetectionTask(model.config.det)
+    task = build_model_tasks(model.config)["det"]
     bench = DetBenchPredict(ref).eval()
 
     x = torch.randn(2, 3, *SIZE, generator=torch.Generator().manual_seed(2))

@@ -35,8 +35,10 @@ class _Dataset:
         self._coco, self.name = coco, name
         self.cat_ids = CAT_IDS
         self.class_names = {"det": NAMES}
+        self.annotations = {"det": "boxes"}
 
-    def det_gt(self):
+    def box_gt(self, annotation):
+        assert annotation == "det"
         return self._coco
 
 

@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from multitask_edet.errors import DatasetError
-from multitask_edet.tasks.detection import DetectionTask, DetLossConfig, IGNORED, NEGATIVE
-from multitask_edet.config import DetHeadConfig
+from multitask_edet.tasks.detection import IGNORED, NEGATIVE, DetectionConfig, DetectionTask, DetLossConfig
 
 effdet_anchors = pytest.importorskip("effdet.anchors")
 effdet_loss = pytest.importorskip("effdet.loss")
@@ -38,13 +37,14 @@ def _effdet_targets(boxes, labels):
 
 
 def _task(**loss):
-    return DetectionTask(DetHeadConfig(num_classes=C), DetLossConfig(**loss))
+    return DetectionTask(DetectionConfig(num_classes=C, loss=DetLossConfig(**loss)))
 
 
 def _batch(boxes, labels, ignore=None):
     n = len(boxes)
-    return {"images": torch.zeros(n, 3, *SIZE, dtype=torch.uint8), "boxes": boxes, "labels": labels,
-            "ignore": ignore or [None] * n}
+    ignore = ignore or [None] * n
+    det = [None if b is None else {"boxes": b, "labels": lab, "ignore": ign} for b, lab, ign in zip(boxes, labels, ignore)]
+    return {"images": torch.zeros(n, 3, *SIZE, dtype=torch.uint8), "det": det}
 
 
 def _flat(per_level, B, width=None):

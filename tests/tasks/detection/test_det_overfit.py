@@ -7,8 +7,7 @@ import torch
 from pycocotools.coco import COCO
 
 from multitask_edet.datasets.base import collate, normalize_images
-from multitask_edet.models.factory import create_model
-from multitask_edet.tasks.detection import DetectionTask
+from multitask_edet.models.factory import build_model_tasks, create_model
 
 SIZE = 128
 COLOURS = [(230, 40, 40), (40, 60, 230)]  # class 0 red, class 1 blue
@@ -32,9 +31,8 @@ def _draw(seed: int) -> dict:
         labels.append(c)
     return {
         "image": torch.from_numpy(img).permute(2, 0, 1).contiguous(),
-        "boxes": torch.tensor(boxes, dtype=torch.float32),
-        "labels": torch.tensor(labels),
-        "ignore": torch.zeros(len(labels), dtype=torch.bool),
+        "det": {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+                "ignore": torch.zeros(len(labels), dtype=torch.bool)},
         "meta": {"image_id": 100 + seed, "orig_size": (SIZE, SIZE), "scale": 1.0, "pad": (0, 0)},
     }
 
@@ -43,17 +41,18 @@ class _Shapes:
     name = "shapes"
     cat_ids = CAT_IDS
     class_names = {"det": ["red", "blue"]}
+    annotations = {"det": "boxes"}
 
     def __init__(self, samples):
         self.samples = samples
 
-    def det_gt(self) -> COCO:
+    def box_gt(self, annotation: str) -> COCO:
         cats = [{"id": c, "name": n} for c, n in zip(CAT_IDS, ["red", "blue"])]
         gt = {"images": [], "annotations": [], "categories": cats}
         for s in self.samples:
             iid = s["meta"]["image_id"]
             gt["images"].append({"id": iid, "width": SIZE, "height": SIZE})
-            for b, l in zip(s["boxes"].tolist(), s["labels"].tolist()):
+            for b, l in zip(s["det"]["boxes"].tolist(), s["det"]["labels"].tolist()):
                 gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": iid, "category_id": CAT_IDS[l],
                                           "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
                                           "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": 0})
@@ -68,8 +67,8 @@ def test_tiny_model_overfits_drawn_boxes(tmp_path, one_thread):
     samples = [_draw(s) for s in range(4)]
     batch = collate(samples)
     model = create_model("test-efficientdet", tasks=("det",), det={"num_classes": 2})
-    task = DetectionTask(model.config.det, class_names=["red", "blue"])
-    images = normalize_images(batch["images"])
+    task = build_model_tasks(model.config, {"det": ["red", "blue"]})["det"]
+    images = normalize_images(batch["images"], model.config.mean, model.config.std)
     targets = task.build_targets(batch, (SIZE, SIZE), images.device)  # fixed data: label once
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     model.train()

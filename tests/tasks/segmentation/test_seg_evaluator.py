@@ -37,10 +37,10 @@ def t(x):
 
 
 def batch_for(gts):
-    """A batch as the eval transforms give it: GT at original size in meta['orig_mask']."""
-    metas = [{"orig_size": tuple(t(g).shape), "scale": 1.0, "pad": (0, 0), "orig_mask": t(g),
+    """A batch as the eval transforms give it: GT at original size in meta['orig_masks']."""
+    metas = [{"orig_size": tuple(t(g).shape), "scale": 1.0, "pad": (0, 0), "orig_masks": {"seg": t(g)},
               "file_name": f"img_{i}.jpg", "image_id": i} for i, g in enumerate(gts)]
-    return {"images": torch.zeros(len(gts), 3, 4, 4, dtype=torch.uint8), "meta": metas, "mask": [None] * len(gts)}
+    return {"images": torch.zeros(len(gts), 3, 4, 4, dtype=torch.uint8), "meta": metas, "seg": [None] * len(gts)}
 
 
 def test_miou_equals_hand_computed_value():
@@ -96,12 +96,12 @@ def test_batches_accumulate_and_reset_clears():
 
 
 def test_fallback_to_input_size_mask_crops_padding():
-    # No orig_mask: the input-size mask (image padded by 1 row on top, 2 columns on the left,
+    # No original-size mask: the input-size mask (image padded by 1 row on top, 2 columns on the left,
     # padding filled with void) is mapped back to the original size before scoring.
     gt = t(GT_A).long()
     padded = torch.full((4, 6), 255, dtype=torch.long)
     padded[1:3, 2:5] = gt
-    batch = {"images": torch.zeros(1, 3, 4, 6, dtype=torch.uint8), "mask": [padded],
+    batch = {"images": torch.zeros(1, 3, 4, 6, dtype=torch.uint8), "seg": [padded],
              "meta": [{"orig_size": (2, 3), "scale": 1.0, "pad": (1, 2)}]}
     ev = SegmentationEvaluator(4)
     ev.update([t(PRED_A)], batch)
@@ -112,7 +112,7 @@ def test_fallback_to_input_size_mask_crops_padding():
 
 def test_samples_without_masks_are_skipped_and_shape_mismatch_is_an_error():
     ev = SegmentationEvaluator(4)
-    batch = {"images": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "mask": [None, None],
+    batch = {"images": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "seg": [None, None],
              "meta": [{"orig_size": (2, 3)}, {"orig_size": (2, 3)}]}
     ev.update([t(PRED_A), t(PRED_A)], batch)
     assert int(ev.confusion_matrix.sum()) == 0

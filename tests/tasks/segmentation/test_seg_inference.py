@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from multitask_edet.tasks.segmentation import SegmentationTask, predict_scores, scores_to_masks
+from multitask_edet.engine.inference import predict_batch
+from multitask_edet.tasks.base import Forward
+from multitask_edet.tasks.segmentation import SegmentationTask, scores_to_masks
 from multitask_edet.tasks.segmentation.inference import mask_to_original, valid_region
 
 
@@ -74,11 +76,11 @@ def test_round_trip_through_the_eval_transform():
 
     g = torch.Generator().manual_seed(0)
     orig = torch.randint(0, 3, (7, 5), generator=g).repeat_interleave(7, 0).repeat_interleave(9, 1)  # 49 x 45
-    sample = {"image": np.zeros((49, 45, 3), np.uint8), "mask": orig.numpy().astype(np.uint8),
+    sample = {"image": np.zeros((49, 45, 3), np.uint8), "seg": orig.numpy().astype(np.uint8),
               "image_id": 0, "file_name": "x.jpg", "orig_size": (49, 45)}
     out = eval_transforms(128)(sample)
     assert out["meta"]["scale"] == pytest.approx(128 / 49)
-    mask_in = out["mask"]
+    mask_in = out["seg"]
     scores = torch.nn.functional.one_hot(mask_in.clamp(max=3), 4).permute(2, 0, 1).float()[None]
     (back,) = scores_to_masks(scores, [out["meta"]])
     assert back.shape == (49, 45)
@@ -116,24 +118,35 @@ class PixelModel(torch.nn.Module):
         return {"seg": torch.stack([a, -a], 1)}
 
 
+def _predict(task, model, images, batch):
+    return predict_batch(model, {"seg": task}, {**batch, "images": images}, torch.device("cpu"))["seg"]
+
+
 def test_flip_tta_averages_mirrored_probabilities():
-    x = torch.randn(2, 3, 4, 6)
-    plain = PixelModel(ramp=False)
-    assert torch.allclose(predict_scores(plain, x, flip=True), predict_scores(plain, x).softmax(1), atol=1e-6)
+    # Logits = normalised red (-2.118 on a black image) + a column ramp -3..3 in output space:
+    # not flip-equivariant. Plain: class 0 only where the ramp exceeds 2.118 (last column).
+    # Flip TTA averages softmax(x + r) with softmax(x - r) per column, below 0.5 everywhere.
+    images = torch.zeros(1, 3, 4, 6, dtype=torch.uint8)
+    batch = {"meta": [{"orig_size": (4, 6), "scale": 1.0, "pad": (0, 0)}]}
     ramp = PixelModel(ramp=True)
-    probs = predict_scores(ramp, torch.zeros(1, 3, 4, 6), flip=True)
-    # with a zero image only the ramp speaks; averaged with its mirror it is 0.5 everywhere
+    plain = _predict(SegmentationTask(), ramp, images, batch)[0]
+    flipped = _predict(SegmentationTask({"flip_test": True}), ramp, images, batch)[0]
+    assert plain[:, :5].eq(1).all() and plain[:, 5].eq(0).all()
+    assert flipped.eq(1).all()
+    # on a zero input only the ramp speaks: averaged with its mirror it is exactly a tie
+    forward = Forward(ramp, torch.zeros(1, 3, 4, 6))
+    probs = (forward()["seg"].softmax(1) + forward(flip=True)["seg"].flip(-1).softmax(1)) / 2
     assert torch.allclose(probs, torch.full_like(probs, 0.5), atol=1e-6)
 
 
 def test_task_predict_and_postprocess():
-    task = SegmentationTask(flip_test=True)
+    task = SegmentationTask({"flip_test": True})
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    batch = {"images": images, "meta": [{"orig_size": (6, 8), "scale": 1.0, "pad": (1, 0)}] * 2}
-    preds = task.predict(PixelModel(ramp=False), batch)
+    batch = {"meta": [{"orig_size": (6, 8), "scale": 1.0, "pad": (1, 0)}] * 2}
+    preds = _predict(task, PixelModel(ramp=False), images, batch)
     # the model says class 0 where the normalised red channel is > 0, i.e. red > ImageNet mean
     expected = (images[:, 0, 1:7].float() <= 0.485 * 255).to(torch.uint8)
     assert torch.equal(torch.stack(preds), expected)
     logits = torch.randn(2, 3, 8, 8)
-    direct = task.postprocess({"seg": logits}, batch)
+    direct = task.postprocess(logits, {**batch, "images": images})
     assert torch.equal(direct[1].long(), logits[1, :, 1:7].argmax(0))

@@ -96,7 +96,7 @@ def test_unknown_or_empty_loss_config_is_a_config_error():
     with pytest.raises(ConfigError, match="valid names: ce, dice, lovasz, focal"):
         SegLossConfig(weights={"ce": 1.0, "tversky": 1.0})
     with pytest.raises(ConfigError, match="seg.loss.wieghts"):
-        SegmentationTask(loss_cfg={"wieghts": {"ce": 1.0}})
+        SegmentationTask({"loss": {"wieghts": {"ce": 1.0}}})
     with pytest.raises(ConfigError, match="empty"):
         SegLossConfig(weights={})
     with pytest.raises(ConfigError, match=">= 0"):
@@ -105,8 +105,8 @@ def test_unknown_or_empty_loss_config_is_a_config_error():
 
 def test_task_loss_reads_batch_masks():
     logits, masks = logits_and_masks()
-    task = SegmentationTask(loss_cfg={"weights": {"ce": 1.0, "dice": 0.5}})
-    out = task.loss({"seg": logits}, {"images": torch.zeros(2, 3, 6, 5), "mask": masks})
+    task = SegmentationTask({"loss": {"weights": {"ce": 1.0, "dice": 0.5}}})
+    out = task.loss(logits, {"images": torch.zeros(2, 3, 6, 5), "seg": masks})
     ref = SegmentationLoss(SegLossConfig(weights={"ce": 1.0, "dice": 0.5}))(logits, masks)
     assert out.keys() == ref.keys()
     assert all(torch.equal(out[k], ref[k]) for k in out)

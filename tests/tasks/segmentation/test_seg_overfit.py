@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from multitask_edet.datasets.base import collate, normalize_images
-from multitask_edet.models.factory import create_model
-from multitask_edet.tasks.segmentation import SegmentationTask
+from multitask_edet.models.factory import build_model_tasks, create_model
 
 SIZE = 128  # the input must be divisible by 2**7 (P7)
 
@@ -31,9 +30,9 @@ def make_sample(rng, h0, w0, top, left):
     padded[top : top + h0, left : left + w0] = mask
     return {
         "image": torch.from_numpy(image).permute(2, 0, 1),
-        "mask": torch.from_numpy(padded),
+        "seg": torch.from_numpy(padded),
         "meta": {"orig_size": (h0, w0), "scale": 1.0, "pad": (top, left),
-                 "orig_mask": torch.from_numpy(mask), "file_name": f"shape_{top}_{left}.jpg"},
+                 "orig_masks": {"seg": torch.from_numpy(mask)}, "file_name": f"shape_{top}_{left}.jpg"},
     }
 
 
@@ -52,15 +51,15 @@ def test_tiny_p2_model_overfits_to_miou_above_0_9(tmp_path, one_thread):
     rng = np.random.default_rng(0)
     geometries = [(96, 112, 16, 8), (128, 128, 0, 0), (100, 90, 10, 20), (120, 100, 4, 14)]
     batch = collate([make_sample(rng, *g) for g in geometries])
-    model = create_model("test-efficientdet", tasks=("seg",))
+    model = create_model("test-efficientdet", tasks={"seg": {"save_eval_masks": True}})
     assert model.min_level == 2 and model.max_level == 7
-    task = SegmentationTask(model.config.seg)
-    x = normalize_images(batch["images"])
+    task = build_model_tasks(model.config)["seg"]
+    x = normalize_images(batch["images"], model.config.mean, model.config.std)
 
     def miou(output_dir=None):
         model.eval()
         with torch.no_grad():
-            preds = task.postprocess(model(x), batch)
+            preds = task.postprocess(model(x)["seg"], batch)
         ev = task.evaluator(output_dir=output_dir)
         ev.update(preds, batch)
         return ev.compute()["mIoU"], preds
@@ -69,7 +68,7 @@ def test_tiny_p2_model_overfits_to_miou_above_0_9(tmp_path, one_thread):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(100):
         model.train()
-        loss = sum(task.loss(model(x), batch).values())
+        loss = sum(task.loss(model(x)["seg"], batch).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

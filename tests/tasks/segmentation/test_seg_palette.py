@@ -40,7 +40,7 @@ def test_evaluator_writes_original_size_pngs(tmp_path):
     preds = [torch.randint(0, 21, (375, 500), dtype=torch.uint8), torch.randint(0, 21, (333, 250), dtype=torch.uint8)]
     metas = [{"file_name": "/data/VOC2012/JPEGImages/2007_000033.jpg", "orig_size": (375, 500)},
              {"file_name": "2007_000042.jpg", "orig_size": (333, 250)}]
-    ev.update(preds, {"images": torch.zeros(2, 3, 512, 512, dtype=torch.uint8), "meta": metas, "mask": [None, None]})
+    ev.update(preds, {"images": torch.zeros(2, 3, 512, 512, dtype=torch.uint8), "meta": metas, "seg": [None, None]})
     for stem, pred in zip(("2007_000033", "2007_000042"), preds):
         img = Image.open(tmp_path / f"{stem}.png")
         assert img.mode == "P" and img.size == (pred.shape[1], pred.shape[0])

@@ -1,20 +1,21 @@
 import pytest
 import torch
 
-from multitask_edet.config import SegHeadConfig
 from multitask_edet.errors import ConfigError
 from multitask_edet.tasks.base import TASKS
-from multitask_edet.tasks.segmentation import SegmentationTask
+from multitask_edet.tasks.segmentation import SegmentationConfig, SegmentationTask
 
 
 def test_registered_as_seg():
     assert TASKS.get("seg") is SegmentationTask
     task = SegmentationTask()
-    assert task.name == "seg" and task.target_keys == ("mask",) and task.num_classes == 21
+    assert task.name == "seg" and task.source == "seg" and task.annotation == "mask" and task.num_classes == 21
+    lane = SegmentationTask({"num_classes": 2}, name="lane")
+    assert lane.name == lane.source == "lane" and lane.num_classes == 2
 
 
 def test_build_head_reads_p2_and_predicts_at_input_size():
-    task = SegmentationTask(SegHeadConfig(num_classes=5, channels=8, repeats=1, level=2))
+    task = SegmentationTask(SegmentationConfig(num_classes=5, channels=8, repeats=1, level=2))
     head = task.build_head(16)
     assert head.levels == (2,)
     out = head([torch.randn(2, 16, 8, 8)])
@@ -23,8 +24,9 @@ def test_build_head_reads_p2_and_predicts_at_input_size():
 
 def test_has_targets():
     task = SegmentationTask()
-    batch = {"images": torch.zeros(3, 3, 4, 4), "mask": [torch.zeros(4, 4), None, torch.zeros(4, 4)]}
+    batch = {"images": torch.zeros(3, 3, 4, 4), "seg": [torch.zeros(4, 4), None, torch.zeros(4, 4)]}
     assert task.has_targets(batch).tolist() == [True, False, True]
+    assert SegmentationTask(name="lane").has_targets(batch).tolist() == [False, False, False]
 
 
 class FakeDataset:
@@ -32,9 +34,9 @@ class FakeDataset:
 
 
 def test_evaluator_takes_class_names_from_dataset_and_checks_their_number():
-    ev = SegmentationTask(SegHeadConfig(num_classes=3)).evaluator(FakeDataset())
+    ev = SegmentationTask(SegmentationConfig(num_classes=3)).evaluator(FakeDataset())
     assert ev.class_names == ["background", "a", "b"] and ev.main_metric == "mIoU"
     with pytest.raises(ConfigError, match="seg.num_classes=3"):
-        SegmentationTask(SegHeadConfig(num_classes=21)).evaluator(FakeDataset())
+        SegmentationTask(SegmentationConfig(num_classes=21)).evaluator(FakeDataset())
     with pytest.raises(ConfigError, match="seg.num_classes=4"):
-        SegmentationTask(SegHeadConfig(num_classes=4), class_names=["x"])
+        SegmentationTask(SegmentationConfig(num_classes=4), class_names=["x"])
