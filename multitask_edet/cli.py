@@ -52,6 +52,29 @@ def _tasks(text: str) -> list[str]:
     return tasks
 
 
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """--checkpoint SOURCE, or --model NAME --weights coco for a published COCO detector."""
+    p.add_argument("--checkpoint", metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or "
+                   "save_pretrained folder, a Hugging Face Hub repository id (owner/name), or effdet:NAME")
+    p.add_argument("--model", metavar="NAME", help="with --weights coco: a COCO-trained detector effdet published, "
+                   "e.g. tf_efficientdet-d0 … tf_efficientdet-d7x, efficientdet-d0 (fetched once into torch.hub's cache)")
+    p.add_argument("--weights", choices=["coco"], help="the weights of --model: coco (80 COCO classes, no training)")
+
+
+def _model_source(args: argparse.Namespace) -> str:
+    """The model source of --checkpoint, or ``effdet:NAME`` for --model NAME --weights coco."""
+    if args.checkpoint and (args.model or args.weights):
+        raise ConfigError("give either --checkpoint SOURCE or --model NAME --weights coco, not both")
+    if args.checkpoint:
+        return args.checkpoint
+    if args.model and args.weights:
+        from .compat.effdet_weights import PREFIX
+
+        return PREFIX + args.model
+    raise ConfigError("which model? --checkpoint SOURCE (a checkpoint, run folder, Hub repository id), or "
+                      "--model NAME --weights coco for a COCO-trained detector, e.g. --model tf_efficientdet-d0 --weights coco")
+
+
 def _recipes() -> str:
     # read the folder directly: importing the engine (torch) would make --help slow
     folder = Path(__file__).parent / "configs"
@@ -126,7 +149,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import run_prediction
 
     records = run_prediction(
-        args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, device=args.device,
+        _model_source(args), args.inputs, args.out, batch_size=args.batch_size, device=args.device,
         score_threshold=args.score_threshold, overlays=not args.no_overlay, overrides=parse_overrides(args.set),
     )  # fmt: skip
     print(f"wrote predictions for {len(records)} image(s) to {args.out}")
@@ -141,7 +164,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .engine.export import export_onnx
 
     desc = export_onnx(
-        args.checkpoint, args.out, end_to_end=args.end_to_end, image_size=args.image_size,
+        _model_source(args), args.out, end_to_end=args.end_to_end, image_size=args.image_size,
         batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
         opset=args.opset, check=not args.no_check, overrides=parse_overrides(args.set),
     )  # fmt: skip
@@ -176,7 +199,7 @@ def _export_program(args: argparse.Namespace) -> int:
     if args.end_to_end:
         raise ConfigError("--end-to-end exports to ONNX only (torch.export cannot capture NMS: torchvision's batched_nms "
                           "branches on a data-dependent size); drop --end-to-end or use --format onnx")
-    desc = export_program(args.checkpoint, args.out, image_size=args.image_size, dynamic_size=args.dynamic_size,
+    desc = export_program(_model_source(args), args.out, image_size=args.image_size, dynamic_size=args.dynamic_size,
                           check=not args.no_check, overrides=parse_overrides(args.set))
     out = Path(args.out).with_suffix(".pt2")
     print(f"wrote {out}, {out.with_suffix('.json')}; load it with torch.export.load('{out}').module()")
@@ -327,9 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="run a checkpoint on images: JSON, class-index PNG mask, overlay PNG",
         description="Predict on image files or folders. Per image: <name>.json (boxes in original pixels with class "
         "names and scores; classes of the mask), <name>_mask.png (class indices as a palette PNG) and "
-        "<name>_overlay.png (coloured mask, boxes and labels).",
+        "<name>_overlay.png (coloured mask, boxes and labels). Boxes on your photos without training: "
+        "--model tf_efficientdet-d0 --weights coco (a COCO-trained detector, fetched once into torch.hub's cache).",
     )  # fmt: skip
-    pr.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
+    _add_model_source(pr)
     pr.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders of images")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
     pr.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per forward pass (default 4)")
@@ -352,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         "original pixels) and a class-index mask at the input size per segmentation task; OUT.json says how to "
         "letterbox. The export is checked against PyTorch with onnxruntime.",
     )  # fmt: skip
-    ex.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
+    _add_model_source(ex)
     ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
                     help="onnx (default) or pt2: the network as a torch.export ExportedProgram (torch.export.save)")
     ex.add_argument("out", metavar="OUT", help="output file (.onnx or .pt2)")

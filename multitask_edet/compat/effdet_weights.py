@@ -7,7 +7,12 @@ on load by compat/effdet.py. The release files name their SHA-256 prefix
 (``…-f153e0cf.pth``), which is torch.hub's convention for ``check_hash``.
 
 Offline, a file already in that cache is used as it is; without it the error says where to
-put the file, or how to convert one you have (``mtedet convert-effdet``).
+put the file, or how to convert one you have (``mtedet convert-effdet``). ``HF_HUB_OFFLINE=1``,
+the switch that keeps timm's backbone weights off the network (models/backbone.py), keeps these
+downloads off it too: one offline setting for every weight this library fetches.
+
+``effdet:NAME`` is also a model source of its own (engine/builders.py ``load_for_inference``):
+``mtedet predict --model tf_efficientdet-d0 --weights coco`` runs ``coco_detector``.
 """
 from __future__ import annotations
 
@@ -104,17 +109,15 @@ def load_remote_checkpoint(spec: str, progress: bool = True) -> dict[str, torch.
     url = resolve_effdet_weights(spec).url if spec.startswith(PREFIX) else spec
     file = Path(url.split("?")[0]).name
     cached = hub_checkpoint_dir() / file
+    if not cached.is_file() and _offline() and not url.startswith("file://"):
+        raise WeightsUnavailableError(_unavailable(spec, url, cached, "downloading is off: HF_HUB_OFFLINE=1"))
     try:
         sd = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress, check_hash=True,
                                                 weights_only=True)
     except (URLError, OSError) as e:
         if cached.is_file():
             raise
-        raise WeightsUnavailableError(
-            f"checkpoint {spec} ({url}) is not in torch.hub's cache {cached.parent} and cannot be downloaded "
-            f"({getattr(e, 'reason', e)}): run once with network access, put the file there as {file}, or convert a "
-            "copy you have with `mtedet convert-effdet FILE OUT --model NAME` and pass --set model.checkpoint=OUT"
-        ) from None
+        raise WeightsUnavailableError(_unavailable(spec, url, cached, str(getattr(e, "reason", e)))) from None
     except RuntimeError as e:  # torch.hub: "invalid hash value (expected …, got …)"
         raise CheckpointError(f"checkpoint {spec} from {url}: {e}; the partial download was discarded, try again") from None
     except Exception as e:  # a corrupt cached file, pickled code
@@ -122,14 +125,30 @@ def load_remote_checkpoint(spec: str, progress: bool = True) -> dict[str, torch.
     return unwrap_state_dict(sd, f"{spec} ({cached})")
 
 
-def coco_detector(name: str = "tf_efficientdet_d0", device: str | torch.device = "cpu"):
+def _offline() -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it, but at call time."""
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _unavailable(spec: str, url: str, cached: Path, why: str) -> str:
+    return (
+        f"checkpoint {spec} ({url}) is not in torch.hub's cache {cached.parent} and cannot be downloaded ({why}): "
+        f"run once with network access, put the file there as {cached.name}, or convert a copy you have with "
+        "`mtedet convert-effdet FILE OUT --model NAME` and pass --set model.checkpoint=OUT"
+    )
+
+
+def coco_detector(name: str = "tf_efficientdet_d0", device: str | torch.device = "cpu", **det_options):
     """(model, class names) of a published COCO detector, ready to predict: what
     ``mtedet predict --model NAME --weights coco`` runs. Its 90 outputs are COCO category ids
-    1–90 (unused ids keep an empty name)."""
+    1–90 (unused ids keep an empty name), also in ``model.class_names["det"]``; its input
+    normalisation is the one it was trained with. ``det_options``: the detection task's
+    options (e.g. ``postprocess={"nms": "soft_nms"}``)."""
     from ..datasets.coco import COCO_CLASSES
     from ..models.factory import create_model
 
     w = resolve_effdet_weights(name)
-    model = create_model(w.model, tasks=("det",), checkpoint=PREFIX + w.name, det={"num_classes": 90})
     names = [COCO_CLASSES.get(i + 1, "") for i in range(90)]
+    model = create_model(w.model, tasks={"det": {**det_options, "num_classes": 90}}, checkpoint=PREFIX + w.name,
+                         class_names={"det": names}, mean=w.mean, std=w.std)
     return model.to(device).eval(), names

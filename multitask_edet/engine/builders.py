@@ -263,12 +263,17 @@ def load_for_inference(source: str | Path, overrides: Mapping[str, Any] | None =
 
     ``source`` is one of: a training checkpoint (``last.pt``/``best.pt``), a ``model.safetensors``
     file, a run folder (its release weights; best.pt, else last.pt, before the run has finished)
-    or a ``save_pretrained`` folder, or a Hugging Face Hub repository id
-    (``owner/name``, fetched into the Hub cache; multitask_edet/hub.py ``locate``). ``overrides``
-    change the saved config as in ``load_trained`` (without a run config: task options only).
+    or a ``save_pretrained`` folder, a Hugging Face Hub repository id
+    (``owner/name``, fetched into the Hub cache; multitask_edet/hub.py ``locate``), or
+    ``effdet:NAME``, a COCO detector effdet published (``effdet:tf_efficientdet_d0``; fetched
+    into torch.hub's cache, compat/effdet_weights.py). ``overrides`` change the saved config as
+    in ``load_trained`` (without a run config: task options only).
     """
     from .. import hub
+    from ..compat.effdet_weights import PREFIX
 
+    if isinstance(source, str) and source.startswith(PREFIX):
+        return _published_detector(source, overrides, device)
     path = hub.locate(source)
     if path.is_dir() and not (path / hub.WEIGHTS_FILE).is_file():
         # a run folder whose run has not finished: its best, else its last checkpoint
@@ -281,6 +286,20 @@ def load_for_inference(source: str | Path, overrides: Mapping[str, Any] | None =
     info = _task_overrides(info, overrides, source)
     sd, _ = load_weights(hub.weights_file(path))
     model = MultiTaskEfficientDet.build_pretrained(info, sd, str(source)).to(device)
+    return Trained(None, model, build_tasks(model, model.class_names), dict(model.class_names))
+
+
+def _published_detector(source: str, overrides: Mapping[str, Any] | None, device: str | torch.device) -> Trained:
+    """``effdet:NAME``: a published COCO detector, no training config (its ``det`` options may change)."""
+    from ..compat.effdet_weights import coco_detector
+
+    options = dict(overrides or {})
+    det = dict(options.pop("det", None) or {})
+    other = sorted(k for k, v in options.items() if v)
+    if other:
+        raise ConfigError(f"{source} is a published COCO detector without a training config: only its det options "
+                          f"can be changed, not {', '.join(other)}")
+    model, _ = coco_detector(source, device, **det)
     return Trained(None, model, build_tasks(model, model.class_names), dict(model.class_names))
 
 
