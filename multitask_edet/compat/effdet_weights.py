@@ -12,7 +12,7 @@ the switch that keeps timm's backbone weights off the network (models/backbone.p
 downloads off it too: one offline setting for every weight this library fetches.
 
 ``effdet:NAME`` is also a model source of its own (engine/builders.py ``load_for_inference``):
-``mtedet predict --model tf_efficientdet-d0 --weights coco`` runs ``coco_detector``.
+``mtedet predict --model tf_efficientdet-d0 --weights coco`` runs models/factory.py ``coco_detector``.
 """
 from __future__ import annotations
 
@@ -136,19 +136,3 @@ def _unavailable(spec: str, url: str, cached: Path, why: str) -> str:
         f"run once with network access, put the file there as {cached.name}, or convert a copy you have with "
         "`mtedet convert-effdet FILE OUT --model NAME` and pass --set model.checkpoint=OUT"
     )
-
-
-def coco_detector(name: str = "tf_efficientdet_d0", device: str | torch.device = "cpu", **det_options):
-    """(model, class names) of a published COCO detector, ready to predict: what
-    ``mtedet predict --model NAME --weights coco`` runs. Its 90 outputs are COCO category ids
-    1–90 (unused ids keep an empty name), also in ``model.class_names["det"]``; its input
-    normalisation is the one it was trained with. ``det_options``: the detection task's
-    options (e.g. ``postprocess={"nms": "soft_nms"}``)."""
-    from ..datasets.coco import COCO_CLASSES
-    from ..models.factory import create_model
-
-    w = resolve_effdet_weights(name)
-    names = [COCO_CLASSES.get(i + 1, "") for i in range(90)]
-    model = create_model(w.model, tasks={"det": {**det_options, "num_classes": 90}}, checkpoint=PREFIX + w.name,
-                         class_names={"det": names}, mean=w.mean, std=w.std)
-    return model.to(device).eval(), names

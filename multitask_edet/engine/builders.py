@@ -180,7 +180,7 @@ def build_model(cfg: ExperimentConfig, class_names: Mapping[str, Sequence[str]],
     strict = checkpoint is not None or cfg.model.checkpoint_strict
     tasks = {t: dict(cfg.task_sections.get(t, {})) for t in cfg.tasks}
     return create_model(cfg.model_config(), tasks=tasks, checkpoint=ckpt, strict=strict, class_names=class_names,
-                        backbone_weights=initial_weights)
+                        initial_weights=initial_weights)
 
 
 def build_tasks(model: nn.Module, class_names: Mapping[str, Sequence[str]]) -> dict[str, Task]:
@@ -291,7 +291,7 @@ def load_for_inference(source: str | Path, overrides: Mapping[str, Any] | None =
 
 def _published_detector(source: str, overrides: Mapping[str, Any] | None, device: str | torch.device) -> Trained:
     """``effdet:NAME``: a published COCO detector, no training config (its ``det`` options may change)."""
-    from ..compat.effdet_weights import coco_detector
+    from ..models.factory import coco_detector
 
     options = dict(overrides or {})
     det = dict(options.pop("det", None) or {})

@@ -97,7 +97,7 @@ class MultiTaskEfficientDet(
     # ------------------------------------------------------------------ assembly
     @classmethod
     def from_config(
-        cls, cfg: Any, class_names: Mapping[str, Sequence[str]] | None = None, *, backbone_weights: bool = True
+        cls, cfg: Any, class_names: Mapping[str, Sequence[str]] | None = None, *, initial_weights: bool = True
     ) -> "MultiTaskEfficientDet":
         """The network ``cfg`` (a ModelConfig) describes, freshly initialised.
 
@@ -105,7 +105,7 @@ class MultiTaskEfficientDet(
         task name → the dataset's classes); the returned model's ``config`` is ``cfg`` resolved:
         every task's full options with its ``type``, the neck's ``min_level``, ``mean``/``std``.
         The backbone starts from the weights ``cfg.backbone`` names (``pretrained``: timm's, through
-        the Hugging Face Hub cache; ``weights``: a file); ``backbone_weights=False`` builds it
+        the Hugging Face Hub cache; ``weights``: a file); ``initial_weights=False`` builds it
         randomly initialised whatever the config says — for a model whose every weight is loaded
         next (a trained model, a strict checkpoint), which must not need the network or the file.
         """
@@ -132,7 +132,7 @@ class MultiTaskEfficientDet(
             std=tuple(float(v) for v in std),
         )
         b, n = cfg.backbone, cfg.neck
-        fetch = backbone_weights and (b.pretrained or b.weights)
+        fetch = initial_weights and (b.pretrained or b.weights)
         backbone = Backbone(b.name, min_level, max_level, width, n.padding, b.drop_path_rate,
                             b.weights if fetch else None, bool(fetch and b.pretrained), b.pretrained_tag)
         neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
@@ -169,7 +169,7 @@ class MultiTaskEfficientDet(
         from ..hub import RELEASE_KEYS
 
         cfg = from_dict(ModelConfig, dict(info["model_config"]), "model_config")
-        model = cls.from_config(cfg, info.get("class_names") or None, backbone_weights=False)
+        model = cls.from_config(cfg, info.get("class_names") or None, initial_weights=False)
         try:
             model.load_state_dict(dict(state_dict))
         except RuntimeError as e:

@@ -58,7 +58,7 @@ def test_effdet_name_loads_the_cached_release_file_and_converts_it(hub_cache):
     model = create_model("tf_efficientdet-d0", checkpoint="effdet:tf_efficientdet_d0")
     assert torch.equal(model.backbone.body.conv_stem.weight, sd["backbone.conv_stem.weight"])
     assert torch.equal(model.heads["det"].cls_net.predict.conv_pw.weight, sd["class_net.predict.conv_pw.weight"])
-    from multitask_edet.compat.effdet_weights import coco_detector
+    from multitask_edet.models.factory import coco_detector
 
     det, names = coco_detector("tf_efficientdet_d0")  # what `mtedet predict --weights coco` will run
     assert not det.training and len(names) == 90 and names[0] == "person" and names[11] == ""  # COCO id 12 is unused

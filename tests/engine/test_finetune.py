@@ -81,3 +81,43 @@ def test_bn_momentum_sets_every_batch_norm_and_is_validated(shapes_root, tmp_pat
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="bn_momentum"):
             _cfg(shapes_root, tmp_path / "x", 1, bn_momentum=bad)
+
+
+def test_trained_models_rebuild_without_their_initial_weights(shapes_root, tmp_path, monkeypatch, capsys):
+    """A run started from backbone weights (a file, pretrained=true) is rebuilt for inference, resumed and
+    shared with that file gone and the Hub unreachable: its own weights are all it needs."""
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    import multitask_edet as mt
+    from multitask_edet.engine.builders import load_for_inference
+    from multitask_edet.errors import WeightsUnavailableError
+    from multitask_edet.models.factory import create_model
+
+    weights = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_efficientnet").state_dict().items()}, str(weights))
+    cfg = _cfg(shapes_root, tmp_path / "run", 2)
+    cfg = build_config("smoke-shapes", tasks=["seg"], overrides={
+        **cfg.to_dict(), "model": {**cfg.to_dict()["model"], "backbone": {"pretrained": True, "weights": str(weights)}}})
+    run_training(cfg)
+    assert f"initial weights: backbone: file {weights}" in capsys.readouterr().out
+    weights.unlink()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))
+    with pytest.raises(WeightsUnavailableError):  # what any fetch would now raise
+        create_model("test-efficientdet", tasks=["seg"], backbone={"pretrained": True})
+
+    run = cfg.run_dir()
+    last = load_checkpoint(run / "last.pt")
+    trained = load_for_inference(run / "last.pt").model
+    assert torch.equal(trained.backbone.body.conv_stem.weight, last["model"]["backbone.body.conv_stem.weight"])
+    shared = mt.from_pretrained(run)
+    assert shared.config.backbone.pretrained and torch.equal(shared.backbone.body.conv_stem.weight,
+                                                             trained.backbone.body.conv_stem.weight)
+    strict = create_model(shared.config, checkpoint=str(run / "model.safetensors"))  # a strict checkpoint fetches nothing
+    assert torch.equal(strict.backbone.body.conv_stem.weight, trained.backbone.body.conv_stem.weight)
+    longer = build_config("smoke-shapes", tasks=["seg"], overrides={**cfg.to_dict(),
+                                                                     "train": {**cfg.to_dict()["train"], "max_steps": 3}})
+    assert run_training(longer, resume=run / "last.pt").step == 3
+    assert f"initial weights: resumed from {run / 'last.pt'}" in capsys.readouterr().out
