@@ -166,6 +166,22 @@ register_model_config(
     )
 )
 
+# BDD100K multi-task, set up like HybridNets (EfficientNet-B3 + BiFPN, 640x384 input) so that the two
+# compare: the D3 trunk of Table 1 (B3, BiFPN 160x6, head depth 4) extended to P2 for the per-pixel
+# heads (§5.2), detection on P3-P7 (the 10 BDD100K classes), drivable area and lane lines as two
+# segmentation heads on P2 (2 classes each: background + drivable / lane). The recipe bdd100k-d3 trains it.
+register_model_config(
+    ModelConfig(
+        name="efficientdet-d3-bdd",
+        backbone=BackboneConfig(name="efficientnet_b3", pretrained_tag=PRETRAINED_TAGS["efficientnet_b3"], drop_path_rate=0.2),
+        neck=NeckConfig(channels=160, repeats=6, fusion="fast", max_level=7),
+        tasks={"det": {"num_classes": 10}, "drivable": {"type": "seg", "num_classes": 2},
+               "lane": {"type": "seg", "num_classes": 2}},
+        task_defaults={"det": {"repeats": 4, "levels": (3, 4, 5, 6, 7)}, "seg": {"channels": 64, "repeats": 2}},
+        image_size=(384, 640),
+    )
+)
+
 # Tiny models for tests and smoke runs: timm's 82k-parameter test_efficientnet backbone.
 _TEST = ModelConfig(
     name="test-efficientdet",

@@ -7,6 +7,7 @@ the field's annotated type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -32,13 +33,16 @@ def _coerce(value: Any, tp, where: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, where)
-            except ConfigError:
-                pass
+            except ConfigError as e:
+                errors.append(str(e))
+        if len(errors) == 1:  # X | None: X's own message says what is wrong
+            raise ConfigError(errors[0].replace(": expected ", ": expected null or ", 1))
         raise ConfigError(f"{where}: {value!r} does not fit {tp}")
     if origin is typing.Literal:
         if value not in args:
@@ -69,15 +73,21 @@ def _coerce(value: Any, tp, where: str):
         kt, vt = args if args else (Any, Any)
         return {_coerce(k, kt, where): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        number = _number(value, where)
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
+        if isinstance(value, bool):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        number = _number(value, where, "an integer")
+        if not number.is_integer():  # also false for nan and inf
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(number)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -87,6 +97,25 @@ def _coerce(value: Any, tp, where: str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _number(value: Any, where: str, expected: str = "a number") -> float:
+    """A number from a number or from any text Python's ``float()`` reads.
+
+    YAML 1.1 (PyYAML) reads ``1e-3`` and ``1E5`` as strings (its floats need a dot and a signed
+    exponent), and ``--set`` values are parsed as YAML: without this, the usual way of writing a
+    learning rate would be refused.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected {expected}, got {value!r}")
 
 
 def _hints(cls) -> dict[str, Any]:

@@ -41,7 +41,10 @@ def _prepare_output(out: Path) -> None:
     if not out.exists():
         return
     if (out / MARKER).is_file() or (out / "config.yaml").is_file() and _is_demo_run(out / "config.yaml"):
-        shutil.rmtree(out)
+        from .engine.run_folder import RunFolder
+
+        with RunFolder(out):  # a demo still training there keeps its folder: RunFolderBusyError names it
+            shutil.rmtree(out)
     elif any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not a previous demo run; choose another folder with --output")
 

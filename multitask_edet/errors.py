@@ -19,3 +19,14 @@ class CheckpointError(MtedetError, ValueError):
 
 class WeightsUnavailableError(MtedetError, RuntimeError):
     """Pretrained weights that are neither in the local cache nor reachable (offline, no file)."""
+
+
+class NonFiniteError(MtedetError, ArithmeticError):
+    """NaN or inf where a number was needed: a loss, gradients, weights, or a model's outputs.
+
+    Never turned into a score or a checkpoint; the message says where the values were found.
+    """
+
+
+class RunFolderBusyError(MtedetError, RuntimeError):
+    """Another process holds the run folder (its lock file names the process)."""

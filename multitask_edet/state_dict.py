@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .torch_io import load_weights_only
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -22,15 +23,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             sd = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickled code, unknown format
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 — an empty, truncated or foreign file
+            raise CheckpointError(f"cannot read checkpoint {path}: not a readable safetensors file ({e})") from None
+    else:
+        sd = load_weights_only(path, "cpu", "checkpoint")
     return unwrap_state_dict(sd, path)
 
 

@@ -56,3 +56,19 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
     with pytest.raises(ConfigError, match="not a previous demo run"):
         demo._prepare_output(other)
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_demo_never_deletes_the_folder_of_a_demo_that_is_still_running(tmp_path):
+    from multitask_edet.engine.run_folder import RunFolder
+    from multitask_edet.errors import RunFolderBusyError
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / demo.MARKER).write_text("{}")
+    with RunFolder(out):  # what the running demo's training holds
+        with pytest.raises(RunFolderBusyError, match="in use by PID"):
+            demo._prepare_output(out)
+        assert (out / demo.MARKER).is_file()
+    demo._prepare_output(out)  # once it has ended, a new demo replaces it
+    assert not out.exists()
+

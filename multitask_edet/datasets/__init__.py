@@ -1,8 +1,11 @@
 """Dataset adapters by name: ``build_dataset("voc2012", root, "train_aug", ("seg",))``.
 
 Built-in names: ``coco`` (COCO 2017), ``voc2012``, ``voc2007``, ``voc0712`` (07+12
-detection), ``shapes`` (the built-in synthetic sample, generated on first use) and
-``coco-format`` (any COCO-format dataset: ``ann_file=`` + ``img_dir=``). Each returns a
+detection), ``shapes`` (the built-in synthetic sample, generated on first use),
+``coco-format`` (any COCO-format dataset: ``ann_file=`` + ``img_dir=``), and the multi-task
+datasets ``bdd100k`` (det boxes, drivable and lane masks; released or HybridNets/YOLOP
+layout), ``cityscapes`` (19-class seg, boxes of the 8 thing classes) and ``coco-panoptic``
+(133-class seg and thing boxes from the panoptic annotations). Each returns a
 torch Dataset with ``annotations`` (name → kind), ``class_names``, ``cat_ids``, ``image_ids``,
 ``box_gt()`` and ``load_sample(i)`` (see dataset.py); its samples follow the schema of base.py.
 
@@ -20,7 +23,10 @@ from typing import Any, Callable, Sequence
 from ..errors import ConfigError
 from ..registry import Registry
 from .base import collate, normalize_images
+from .bdd100k import Bdd100kDataset
+from .cityscapes import CityscapesDataset
 from .coco import CocoDataset, build_coco, build_coco_format
+from .coco_panoptic import CocoPanopticDataset
 from .dataset import AnnotatedDataset
 from .sample import build_shapes, write_shapes
 from .voc import VOC_CLASSES, VocDataset, build_voc0712, build_voc2007, build_voc2012, voc2012_train_split
@@ -104,7 +110,8 @@ def build_dataset(
     """Build a registered dataset.
 
     Args:
-        name: coco | voc2012 | voc2007 | voc0712 | shapes | coco-format | a registered name.
+        name: coco | voc2012 | voc2007 | voc0712 | shapes | coco-format | bdd100k | cityscapes |
+            coco-panoptic | a registered name.
         root: data root (default ``$MTEDET_DATA``, then ``./data``; shapes: its cache).
         split: train, val, trainval, test, train_aug (voc2012 seg) ...
         annotations: which annotations to load by name ("det", "seg" or both; ``"det,seg"``
@@ -138,11 +145,18 @@ register_dataset("voc2007", build_voc2007, adapter=VocDataset, default_train_spl
 register_dataset("shapes", build_shapes, adapter=VocDataset)
 register_dataset("voc0712", build_voc0712, adapter=VocDataset, default_train_split=lambda *a: "trainval",
                  check_annotations=("det",))
+# the multi-task datasets: the adapter classes are their own builders
+register_dataset("bdd100k", Bdd100kDataset, adapter=Bdd100kDataset)
+register_dataset("cityscapes", CityscapesDataset, adapter=CityscapesDataset)
+register_dataset("coco-panoptic", CocoPanopticDataset, adapter=CocoPanopticDataset)
 
 __all__ = [
     "DATASETS",
-    "CocoDataset",
     "AnnotatedDataset",
+    "Bdd100kDataset",
+    "CityscapesDataset",
+    "CocoDataset",
+    "CocoPanopticDataset",
     "VOC_CLASSES",
     "VocDataset",
     "build_dataset",

@@ -81,6 +81,9 @@ class _Stats(torch.utils.data.Dataset):
             s = self.dataset.load_sample(i)
         except DatasetError as e:
             return {"file": self.dataset.file_name(i), "error": str(e)}
+        except Exception as e:  # noqa: BLE001 — a check lists problems, it never stops at one
+            return {"file": _file_name(self.dataset, i),
+                    "error": f"unexpected error while loading it ({type(e).__name__}: {e})"}
         out: dict[str, Any] = {}
         for name, kind in self.dataset.annotations.items():
             if name not in s:
@@ -96,15 +99,29 @@ def _identity(x):
     return x
 
 
+def _file_name(dataset, i: int) -> str:
+    try:
+        return dataset.file_name(i)
+    except Exception:  # noqa: BLE001 — the entry naming the file is what is broken
+        return f"sample {i} of {dataset!r}"
+
+
 def _check_split(name: str, root, split: str, annotations, workers: int, options: dict[str, Any]) -> SplitReport:
     from . import build_dataset
 
     rep = SplitReport(split)
     try:
-        ds = build_dataset(name, root, split, annotations, **options)
+        # "skip": entries that belong to no image (a duplicate or unknown image id) are listed
+        # in ``ds.problems`` instead of stopping the dataset at the first one
+        ds = build_dataset(name, root, split, annotations, **{"on_error": "skip", **options})
     except (DatasetError, ConfigError) as e:
         rep.problems.append(Problem(split, str(root or ""), str(e)))
         return rep
+    except Exception as e:  # noqa: BLE001 — never a traceback from `data check`
+        rep.problems.append(Problem(split, str(root or ""), f"unexpected error reading the split ({type(e).__name__}: {e})"))
+        return rep
+    for p in getattr(ds, "problems", []):
+        rep.problems.append(Problem(split, p["file"], p["reason"]))
     rep.images = len(ds)
     kinds = ds.annotations
     hists = {a: np.zeros(256, np.int64) for a, k in kinds.items() if k == "mask"}

@@ -17,6 +17,7 @@ pre-training): other objects are painted as background and their boxes dropped.
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +27,7 @@ from pycocotools import mask as mask_utils
 
 from ..errors import ConfigError, DatasetError
 from .dataset import AnnotatedDataset, PackedRecords
-from .io import IGNORE_INDEX, read_image, read_json
+from .io import IGNORE_INDEX, exif_hint, read_image, read_json
 from .voc import VOC_CLASSES
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,12 @@ class CocoDataset(AnnotatedDataset):
         self._validate_top_level(data)
         self._categories = {int(c["id"]): c for c in data["categories"]}
         self._set_classes()
-        images = sorted(data["images"], key=lambda im: im["id"])
+        #: entries left out because they cannot belong to one image (file + reason each)
+        self.problems: list[dict[str, str]] = []
+        valid_images, valid_anns = self._screen_entries(data, on_error)
+        images = sorted(valid_images, key=lambda im: im["id"])
         anns: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for ann in data.get("annotations", []):
+        for ann in valid_anns:
             anns[ann.get("image_id")].append(ann)
         self._log_small_boxes(anns)
         if drop_empty and "seg" not in self.annotations:
@@ -135,9 +139,61 @@ class CocoDataset(AnnotatedDataset):
                 raise DatasetError(
                     f"annotation file {self.ann_file}: image entry {im!r} lacks one of id, file_name, width, height"
                 )
+        seen_categories = set()
         for c in d["categories"]:
             if not isinstance(c, dict) or not {"id", "name"} <= c.keys():
                 raise DatasetError(f"annotation file {self.ann_file}: category entry {c!r} lacks id or name")
+            if not _is_int(c["id"]) or not isinstance(c["name"], str):
+                raise DatasetError(f"annotation file {self.ann_file}: category entry {c!r} needs an integer "
+                                   "'id' and a text 'name'")
+            if c["id"] in seen_categories:
+                raise DatasetError(f"annotation file {self.ann_file}: category id {c['id']} is listed twice")
+            seen_categories.add(c["id"])
+
+    def _screen_entries(self, d: dict[str, Any], on_error: str) -> tuple[list[dict], list[dict]]:
+        """Image entries with a unique integer id, and annotations that point at one of them.
+
+        An image id used twice makes its annotations ambiguous; an annotation whose image_id
+        names no image belongs to nothing. Under ``on_error="raise"`` either stops the dataset
+        with the first problem; under "skip" the entries are left out and listed in
+        ``self.problems`` (and the log). Field values of valid entries are checked per sample.
+        """
+        where = f"annotation file {self.ann_file}"
+        counts: dict[Any, int] = defaultdict(int)
+        for im in d["images"]:
+            if _is_int(im["id"]):
+                counts[im["id"]] += 1
+        images = []
+        for im in d["images"]:
+            if not _is_int(im["id"]):
+                self._problem(f"{where}: image entry {im.get('file_name')!r} has id {im['id']!r}; ids must be integers")
+            elif counts[im["id"]] > 1:
+                self._problem(f"{where}: image id {im['id']} is used by {counts[im['id']]} image entries "
+                              f"({im.get('file_name')!r} is one); image ids must be unique")
+            else:
+                images.append(im)
+        known = {im["id"] for im in images}
+        anns = []
+        for k, ann in enumerate(d.get("annotations", [])):
+            if not isinstance(ann, dict):
+                self._problem(f"{where}: annotation #{k} is {ann!r}, not an object")
+                continue
+            image_id = ann.get("image_id")
+            if _is_int(image_id) and image_id in known:
+                anns.append(ann)
+            elif not (_is_int(image_id) and counts.get(image_id, 0) > 1):  # duplicates are reported above
+                self._problem(f"{where}: annotation {ann.get('id')!r} has image_id {image_id!r}, which is not the "
+                              "id of any image entry")
+        if self.problems and on_error == "raise":
+            more = f" (and {len(self.problems) - 1} more such problem(s))" if len(self.problems) > 1 else ""
+            raise DatasetError(self.problems[0]["reason"] + more + "; fix the file, or pass --on-error skip to leave "
+                               "these entries out")
+        for p in self.problems:
+            log.warning("%s (left out)", p["reason"])
+        return images, anns
+
+    def _problem(self, reason: str) -> None:
+        self.problems.append({"file": str(self.ann_file), "reason": reason})
 
     def _set_classes(self) -> None:
         if self.voc_classes:
@@ -160,7 +216,8 @@ class CocoDataset(AnnotatedDataset):
 
     def _is_small(self, ann: dict[str, Any]) -> bool:
         bbox = ann.get("bbox")
-        return bool(bbox) and len(bbox) == 4 and (bbox[2] < self.min_box_size or bbox[3] < self.min_box_size)
+        # a malformed box is not "small": it is reported when its image is loaded
+        return _is_box(bbox) and (bbox[2] < self.min_box_size or bbox[3] < self.min_box_size)
 
     def _log_small_boxes(self, anns: dict[int, list[dict[str, Any]]]) -> None:
         if "det" not in self.annotations:
@@ -171,7 +228,8 @@ class CocoDataset(AnnotatedDataset):
 
     def _has_usable_box(self, anns) -> bool:
         return any(
-            not a.get("iscrowd", 0) and not self._is_small(a) and self._label_of.get(a.get("category_id")) is not None
+            not a.get("iscrowd", 0) and not self._is_small(a) and _is_int(a.get("category_id"))
+            and self._label_of.get(a.get("category_id")) is not None
             for a in anns
         )
 
@@ -181,6 +239,7 @@ class CocoDataset(AnnotatedDataset):
 
     def _load(self, index: int) -> dict[str, Any]:
         info, anns = self._records[index]
+        self._check_image_entry(info)
         path = self.img_dir / info["file_name"]
         image = read_image(path)
         h, w = image.shape[:2]
@@ -188,6 +247,7 @@ class CocoDataset(AnnotatedDataset):
             raise DatasetError(
                 f"image {path} is {w}x{h} but {self.ann_file} says {info['width']}x{info['height']} "
                 f"(image id {info['id']}); fix the JSON or the image"
+                + exif_hint(path, (int(info["height"]), int(info["width"])))
             )
         sample: dict[str, Any] = {
             "image": image,
@@ -204,24 +264,46 @@ class CocoDataset(AnnotatedDataset):
             sample["seg"] = self._rasterise(anns, info)
         return sample
 
+    def _check_image_entry(self, info: dict[str, Any]) -> None:
+        problem = self._image_problem(info)
+        if problem:
+            raise DatasetError(problem)
+
+    def _image_problem(self, info: dict[str, Any]) -> str | None:
+        """What is wrong with an image entry's fields (None: nothing)."""
+        where = f"{self.ann_file}: image entry id {info.get('id')!r}"
+        if not isinstance(info.get("file_name"), str) or not info["file_name"]:
+            return f"{where} has file_name {info.get('file_name')!r}; expected the image's file name"
+        for key in ("width", "height"):
+            v = info.get(key)
+            if not _is_number(v) or not float(v).is_integer() or v <= 0:
+                return f"{where} ({info['file_name']}) has {key} {v!r}; expected a positive whole number of pixels"
+        return None
+
     def _check_annotation(self, ann: dict[str, Any], info: dict[str, Any]) -> None:
+        problem = self._annotation_problem(ann, info)
+        if problem:
+            raise DatasetError(problem)
+
+    def _annotation_problem(self, ann: dict[str, Any], info: dict[str, Any]) -> str | None:
+        """What is wrong with an annotation's fields (None: nothing). NaN and inf fail every check."""
         where = f"{self.ann_file}: annotation {ann.get('id')} of image {info['file_name']}"
-        if ann.get("category_id") not in self._categories:
-            raise DatasetError(
-                f"{where} has category_id {ann.get('category_id')!r}, which is not among the file's "
-                f"categories {sorted(self._categories)}"
-            )
+        cat = ann.get("category_id")
+        if not _is_int(cat) or cat not in self._categories:
+            return (f"{where} has category_id {cat!r}, which is not among the file's "
+                    f"categories {sorted(self._categories)}")
         bbox = ann.get("bbox")
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
-            isinstance(v, (int, float)) for v in bbox
-        ):
-            raise DatasetError(f"{where} has bbox {bbox!r}; expected [x, y, width, height] numbers")
+        if not _is_box(bbox):
+            return f"{where} has bbox {bbox!r}; expected [x, y, width, height], four finite numbers"
         x, y, bw, bh = bbox
         W, H, t = float(info["width"]), float(info["height"]), self.box_tolerance
         if bw < 0 or bh < 0 or x < -t or y < -t or x + bw > W + t or y + bh > H + t:
-            raise DatasetError(
-                f"{where} has box [x, y, w, h] = {list(bbox)} outside its {info['width']}x{info['height']} image"
-            )
+            return f"{where} has box [x, y, w, h] = {list(bbox)} outside its {info['width']}x{info['height']} image"
+        if ann.get("iscrowd", 0) not in (0, 1):
+            return f"{where} has iscrowd {ann.get('iscrowd')!r}; expected 0 or 1"
+        if "area" in ann and (not _is_number(ann["area"]) or ann["area"] < 0):
+            return f"{where} has area {ann['area']!r}; expected a finite number >= 0"
+        return None
 
     def _det_targets(self, anns: list[dict[str, Any]], h: int, w: int) -> dict[str, np.ndarray]:
         boxes, labels, ignore = [], [], []
@@ -251,6 +333,8 @@ class CocoDataset(AnnotatedDataset):
                 # 4-number part as a box); odd lengths are malformed.
                 if any(not isinstance(p, list) or len(p) % 2 for p in seg):
                     raise DatasetError(f"{where}: a polygon has an odd number of coordinates")
+                if not all(_is_number(v) for p in seg for v in p):
+                    raise DatasetError(f"{where}: segmentation holds a coordinate that is not a finite number")
                 parts = [p for p in seg if len(p) >= 6]
                 if not parts:
                     return None
@@ -293,14 +377,34 @@ class CocoDataset(AnnotatedDataset):
         keep_imgs = set(self.image_ids)
         keep_cats = set(self.cat_ids)
         data = read_json(self.ann_file)  # re-read: the dataset keeps only a packed copy
-        data["images"] = [im for im in data["images"] if im["id"] in keep_imgs]
+        # entries that fail validation never reach pycocotools (a NaN box would score as a match);
+        # their images fail to load too, so they are reported (raise) or skipped (skip)
+        images = {im["id"]: im for im in data["images"] if _is_int(im["id"]) and im["id"] in keep_imgs
+                  and self._image_problem(im) is None}
+        data["images"] = list(images.values())
         data["categories"] = [c for c in data["categories"] if c["id"] in keep_cats]
         data["annotations"] = [
             a
             for a in data.get("annotations", [])
-            if a.get("image_id") in keep_imgs and a.get("category_id") in keep_cats
+            if isinstance(a, dict) and _is_int(a.get("image_id")) and a["image_id"] in images
+            and _is_int(a.get("category_id")) and a["category_id"] in keep_cats
+            and self._annotation_problem(a, images[a["image_id"]]) is None
         ]
         return data
+
+
+# --------------------------------------------------------------------- field checks
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    """A finite int or float (JSON's NaN and Infinity, and booleans, are not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_box(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 4 and all(_is_number(x) for x in v)
 
 
 # --------------------------------------------------------------------- builders

@@ -83,6 +83,30 @@ class PackedRecords:
         return pickle.loads(self._buffer[self._offsets[i] : self._offsets[i + 1]].tobytes())
 
 
+def coco_gt_dict(
+    images: Sequence[tuple[dict[str, Any], Mapping[str, np.ndarray]]],
+    cat_ids: Sequence[int],
+    class_names: Sequence[str],
+) -> dict[str, Any]:
+    """COCO-format ground truth from per-image box targets (datasets/base.py schema).
+
+    ``images``: (COCO image entry {id, file_name, height, width}, {"boxes" xyxy, "labels",
+    "ignore"[, "area"]}). Label k becomes category ``cat_ids[k]``; an ignore box becomes
+    ``iscrowd=1, ignore=1`` (COCOeval neither rewards nor penalises detections on it); ``area``
+    is the targets' own (e.g. a segment's pixel count) or else the box area.
+    """
+    anns = []
+    for info, t in images:
+        boxes = np.asarray(t["boxes"], np.float64).reshape(-1, 4)
+        areas = t.get("area")
+        for k, ((x0, y0, x1, y1), label, ign) in enumerate(zip(boxes.tolist(), t["labels"].tolist(), t["ignore"].tolist())):
+            area = float(areas[k]) if areas is not None else (x1 - x0) * (y1 - y0)
+            anns.append({"id": len(anns) + 1, "image_id": info["id"], "category_id": int(cat_ids[label]),
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area, "iscrowd": int(ign), "ignore": int(ign)})
+    categories = [{"id": int(c), "name": n} for c, n in zip(cat_ids, class_names)]
+    return {"images": [dict(info) for info, _ in images], "annotations": anns, "categories": categories}
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
@@ -159,6 +183,21 @@ class AnnotatedDataset(torch.utils.data.Dataset):
             sample = self.transform(sample, seed=seed)
         return sample
 
+    def gt_per_image(self, read: Callable[[int], Any]) -> list[Any]:
+        """``read(i)`` for every index, for building ``box_gt``: under ``on_error="skip"`` an image
+        whose annotation fails to read is left out (None; it is not evaluated either), otherwise
+        the error propagates."""
+        out = []
+        for i in range(len(self)):
+            try:
+                out.append(read(i))
+            except DatasetError as e:
+                if self.on_error != "skip":
+                    raise
+                log.warning("ground truth of %s left out: %s", self.file_name(i), e)
+                out.append(None)
+        return out
+
     def box_gt(self, annotation: str = "det") -> COCO:
         """pycocotools COCO of the split's ground truth of a box annotation (native category ids)."""
         if self.annotations.get(annotation) != "boxes":
@@ -167,6 +206,14 @@ class AnnotatedDataset(torch.utils.data.Dataset):
                 f"{self!r} has no box annotation {annotation!r} loaded (box annotations loaded: {boxes or 'none'})"
             )
         return coco_from_dict(self._box_gt_dict(annotation))
+
+    def record_skipped(self, index: int, reason: str) -> dict[str, Any]:
+        """Note that sample ``index`` is bad (``on_error="skip"``): it is never loaded, and is listed in ``skipped``."""
+        entry = {"index": index, "file": self.file_name(index), "reason": reason}
+        if index not in self._skipped:
+            log.warning("skipping %s: %s", entry["file"], reason)
+        self._skipped[index] = entry
+        return entry
 
     # ----------------------------------------------------------------- internals
     def _load_or_replace(self, index: int) -> dict[str, Any]:
@@ -182,10 +229,7 @@ class AnnotatedDataset(torch.utils.data.Dataset):
             try:
                 sample = self._load(j)
             except DatasetError as e:
-                entry = {"index": j, "file": self.file_name(j), "reason": str(e)}
-                self._skipped[j] = entry
-                log.warning("skipping %s: %s", entry["file"], entry["reason"])
-                replaced.append(entry)
+                replaced.append(self.record_skipped(j, str(e)))
                 continue
             if replaced:
                 sample["skipped"] = replaced

@@ -24,6 +24,10 @@ Image.MAX_IMAGE_PIXELS = None
 IGNORE_INDEX = 255
 
 
+#: PIL modes of 16-bit greyscale images (PNG, TIFF); PIL's convert("RGB") clips them at 255
+_MODES_16BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 # Pascal VOC stores class masks as palette ('P' mode) PNGs whose pixel index is the class and
 # whose colour table is the VOC colormap (devkit ``labelcolormap``: the bits of the index
 # spread over R, G, B from the most significant bit down). Neither PIL nor torchvision ships
@@ -56,21 +60,69 @@ def save_palette_png(mask: Any, path: str | Path, palette: np.ndarray | None = N
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8 (H, W, 3) array.
 
-    EXIF orientation is ignored, as COCO and VOC annotations refer to the stored pixel grid.
+    EXIF orientation is ignored, as COCO and VOC annotations refer to the stored pixel grid
+    (an annotation whose size fits only the EXIF-rotated photo is reported, see ``exif_hint``).
+    16-bit images are scaled to 8 bits (value · 255 / 65535), not clipped.
     A truncated or undecodable file raises (PIL's LOAD_TRUNCATED_IMAGES stays False).
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
+            if im.mode in _MODES_16BIT or im.mode == "I":
+                return _scale_to_rgb8(np.asarray(im), path, im.mode)
             if im.mode != "RGB":
                 im = im.convert("RGB")
             else:
                 im.load()
             return np.array(im)  # writable (np.asarray of a PIL image is read-only)
+    except DatasetError:
+        raise
     except FileNotFoundError:
         raise DatasetError(f"image {path} does not exist") from None
+    except PermissionError:
+        raise DatasetError(f"image {path} cannot be read: permission denied; fix its permissions") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DatasetError(f"image {path} is empty (0 bytes): its copy or download never finished") from None
         raise DatasetError(f"image {path} is corrupt or truncated ({e}); re-download or remove it") from None
+
+
+def _scale_to_rgb8(arr: np.ndarray, path: Path, mode: str) -> np.ndarray:
+    """A 16-bit (or 32-bit integer holding 16-bit values) greyscale image as RGB uint8."""
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DatasetError(
+            f"image {path} is a {mode} image with values {int(arr.min())}..{int(arr.max())}, beyond 16 bits; "
+            "convert it to an 8-bit RGB image"
+        )
+    grey = ((arr * 255 + 32767) // 65535).astype(np.uint8)  # rounded; 65535 -> 255, 0 -> 0
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def exif_hint(path: str | Path, annotated_hw: tuple[int, int]) -> str:
+    """A sentence for a size-mismatch error when EXIF rotation explains it ("" otherwise).
+
+    A phone photo is often stored sideways with an EXIF orientation tag; tools that show it
+    upright make annotators draw on the rotated picture. Such an annotation gives the rotated
+    size, which is how it is recognised here. The stored pixels are still what is read: in
+    COCO and VOC the annotations refer to the stored grid, and a square photo could not tell.
+    """
+    try:
+        with Image.open(path) as im:
+            orientation = im.getexif().get(0x0112)
+            w, h = im.size
+    except Exception:  # noqa: BLE001 — only a hint; the main error is already known
+        return ""
+    if orientation in _TRANSPOSING_ORIENTATIONS and (w, h) == (annotated_hw[0], annotated_hw[1]) and w != h:
+        return (
+            f". Its EXIF orientation tag ({orientation}) shows it rotated, as {h}x{w}: the annotation was made on "
+            "the rotated photo. Save the image with the rotation applied to its pixels (PIL.ImageOps.exif_transpose) "
+            "so that pixels and annotation agree"
+        )
+    return ""
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -81,7 +133,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
             w, h = im.size
     except FileNotFoundError:
         raise DatasetError(f"image {path} does not exist") from None
+    except PermissionError:
+        raise DatasetError(f"image {path} cannot be read: permission denied; fix its permissions") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DatasetError(f"image {path} is empty (0 bytes): its copy or download never finished") from None
         raise DatasetError(f"image {path} is not a readable image ({e})") from None
     return h, w
 
@@ -101,8 +157,8 @@ def read_mask(path: str | Path) -> np.ndarray:
                 arr = np.asarray(im).astype(np.int64)
                 if arr.min() < 0 or arr.max() > 255:
                     raise DatasetError(
-                        f"mask {path} holds values {int(arr.min())}..{int(arr.max())}; class ids must be 0..254 "
-                        f"with {IGNORE_INDEX} = ignore"
+                        f"mask {path} is a {im.mode} (16/32-bit) image holding values {int(arr.min())}.."
+                        f"{int(arr.max())}; class ids must be 0..254 with {IGNORE_INDEX} = ignore"
                     )
                 arr = arr.astype(np.uint8)
             else:
@@ -110,6 +166,8 @@ def read_mask(path: str | Path) -> np.ndarray:
                     f"mask {path} is a {im.mode} image; expected a palette ('P') or greyscale ('L') PNG whose "
                     "pixel values are class indices (convert colour-coded masks to indices first)"
                 )
+    except DatasetError:
+        raise  # a readable mask of the wrong kind: said above, not "corrupt"
     except FileNotFoundError:
         raise DatasetError(f"mask {path} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -150,6 +208,7 @@ def check_mask(
         raise DatasetError(
             f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image_path} is "
             f"{image_hw[1]}x{image_hw[0]}; a mask must have its image's size"
+            + (exif_hint(image_path, tuple(mask.shape[:2])) if image_path is not None else "")
         )
     counts = np.bincount(mask.ravel(), minlength=256)
     bad = np.flatnonzero(counts[num_classes:IGNORE_INDEX]) + num_classes

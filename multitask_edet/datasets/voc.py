@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError, DatasetError
 from .dataset import AnnotatedDataset, select_annotations
-from .io import check_mask, image_size, read_image, read_mask, read_sbd_mat, read_split_list, read_xml
+from .io import check_mask, exif_hint, image_size, read_image, read_mask, read_sbd_mat, read_split_list, read_xml
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,9 @@ class VocDataset(AnnotatedDataset):
         if s is not None and s.findtext("width") and s.findtext("height"):
             try:
                 size = (int(float(s.findtext("height"))), int(float(s.findtext("width"))))
-            except ValueError:
-                raise DatasetError(f"annotation file {path}: <size> is not numeric") from None
+            except (ValueError, OverflowError):  # "abc", nan, inf
+                raise DatasetError(f"annotation file {path}: <size> <width>{s.findtext('width')}</width> "
+                                   f"<height>{s.findtext('height')}</height> is not a pair of whole numbers") from None
         objects = []
         for k, obj in enumerate(root.iter("object")):
             name = (obj.findtext("name") or "").strip()
@@ -122,6 +124,10 @@ class VocDataset(AnnotatedDataset):
                 xmin, ymin, xmax, ymax = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
             except (AttributeError, TypeError, ValueError):
                 raise DatasetError(f"annotation file {path}: object {k} ({name}) has no valid <bndbox>") from None
+            for tag, v in zip(("xmin", "ymin", "xmax", "ymax"), (xmin, ymin, xmax, ymax)):
+                if not math.isfinite(v):  # float() reads "nan" and "inf", and NaN passes every range check
+                    raise DatasetError(f"annotation file {path}: object {k} ({name}) has <{tag}>{bb.findtext(tag)}"
+                                       f"</{tag}>; expected a finite pixel coordinate")
             if xmax < xmin or ymax < ymin:
                 raise DatasetError(
                     f"annotation file {path}: object {k} ({name}) has box xmin={xmin} ymin={ymin} "
@@ -141,7 +147,7 @@ class VocDataset(AnnotatedDataset):
         if parsed["size"] is not None and parsed["size"] != tuple(hw):
             raise DatasetError(
                 f"annotation file {path} gives size {parsed['size'][1]}x{parsed['size'][0]} (WxH) but image "
-                f"{self.items[index].image} is {hw[1]}x{hw[0]}"
+                f"{self.items[index].image} is {hw[1]}x{hw[0]}" + exif_hint(self.items[index].image, parsed["size"])
             )
         h, w = hw
         t = self.box_tolerance
@@ -205,9 +211,18 @@ class VocDataset(AnnotatedDataset):
         for i, item in enumerate(self.items):
             if item.xml is None:
                 continue  # no detection annotation: not part of the detection GT
-            size = self._parse_xml(i)["size"] or image_size(item.image)
+            try:
+                size = self._parse_xml(i)["size"] or image_size(item.image)
+                objects = self._objects(i, size)
+            except DatasetError as e:
+                if self.on_error == "raise":
+                    raise
+                # under "skip" the image is left out of the ground truth and of the samples alike
+                # (dataset.py: a recorded index is never loaded), so it is neither a miss nor scored
+                self.record_skipped(i, str(e))
+                continue
             images.append({"id": self.image_ids[i], "file_name": str(item.image), "height": size[0], "width": size[1]})
-            for label, x0, y0, x1, y1, diff in self._objects(i, size):
+            for label, x0, y0, x1, y1, diff in objects:
                 anns.append(
                     {
                         "id": len(anns) + 1,

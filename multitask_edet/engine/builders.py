@@ -128,6 +128,10 @@ def build_eval_sets(cfg: ExperimentConfig, split: str | None = None) -> tuple[li
     for name, ts in groups.items():
         ds = build_dataset(name, root, split, [needs[t].source for t in ts], tf, **opts)
         _check_kinds(ds, {t: needs[t] for t in ts})
+        if len(ds) == 0:  # scored, an empty split would give AP 0 / an mIoU of nothing: numbers that are not true
+            raise DatasetError(f"the {split!r} split of {name} under {root} has no images, so there is nothing to "
+                               "evaluate; check its image list or annotation file, or choose another split "
+                               "(--set data.val_split=NAME, or --split for mtedet eval)")
         # a task that reads no annotation is scored on the one dataset there is
         scored = ts + ([t for t in cfg.tasks if t not in needs] if len(groups) == 1 else [])
         sets.append((ds, scored))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -23,13 +24,23 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..filesystem import write_error_from
+from ..torch_io import load_weights_only
 
 FORMAT = "mtedet-checkpoint"
 FORMAT_VERSION = 1
 
 
+#: the temporary names ``atomic_write`` uses: ``.<name>.<8 random characters>.tmp``
+TEMP_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then move the finished file onto ``path`` in one step."""
+    """Call ``write(tmp_path)`` then move the finished file onto ``path`` in one step.
+
+    A failed write (disk full, quota, read-only) raises the ``OSError`` with ``path`` as its
+    file name, also when a library wrapped it in its own error type (filesystem.py).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -40,11 +51,35 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        cause = e if isinstance(e, OSError) and e.errno is not None else write_error_from(e, path)
+        if cause is not None and isinstance(e, Exception):
+            raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from e
         raise
     return path
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed ``atomic_write`` left in ``folder``; returns them.
+
+    A ``kill -9`` (or power loss) between ``mkstemp`` and ``os.replace`` leaves one behind,
+    as large as the checkpoint. Call it only while no other process writes into ``folder``
+    (the run folder's lock, engine/run_folder.py, guarantees that).
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.iterdir()):
+        if TEMP_FILE.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    return removed
 
 
 def _umask() -> int:
@@ -56,7 +91,14 @@ def _umask() -> int:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Atomically ``torch.save`` a checkpoint dict (tensors and plain containers only)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    def write(tmp: str) -> None:
+        # through a Python file object: a failed write then keeps its OSError (errno, e.g. "no
+        # space left") as the context of torch's "enforce fail at inline_container.cc"
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+
+    return atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -64,13 +106,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass --checkpoint PATH to a last.pt/best.pt")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 — torch raises many types for corrupt files
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "it is corrupt, truncated, or not a torch.save file"
-        ) from None
+    ckpt = load_weights_only(path, map_location, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an mtedet training checkpoint (no 'format: {FORMAT}' entry); "
@@ -99,6 +135,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise CheckpointError(f"weights file {path} does not exist")
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"weights file {path} is empty (0 bytes): its write never finished "
+                                  "(a full disk or a killed process); use another copy")
         from safetensors import safe_open
 
         try:

@@ -14,9 +14,10 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import all_gather_object, is_main_process, unwrap, world_size
+from .step_guard import all_finite
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Checkpointer:
         payload = self.payload(gather)
         path = self.run_dir / name
         if is_main_process():
+            _refuse_nonfinite(path, {"model": payload["model"], "ema": payload.get("ema", {})})
             save_checkpoint(path, payload)
         if name == "last.pt":
             self.last_saved_step = self.trainer.step
@@ -99,7 +101,9 @@ class Checkpointer:
         evaluated = ev is not None and getattr(ev, "last_eval_step", -1) == self.trainer.step
         info = pretrained_info(self.model_config, self.class_names, self.config, self.trainer.step,
                                ev.last_results if evaluated else None)
-        write_pretrained(self.run_dir, self.release_state_dict(), info)
+        state = self.release_state_dict()
+        _refuse_nonfinite(self.run_dir / WEIGHTS_FILE, {"weights": state})
+        write_pretrained(self.run_dir, state, info)
         return self.run_dir / WEIGHTS_FILE
 
     def resume(self, path: str | Path) -> dict[str, Any]:
@@ -137,3 +141,16 @@ class Checkpointer:
             set_rng_state(rngs[rank])
         self.last_saved_step = t.step
         return ckpt
+
+
+def _refuse_nonfinite(path: Path, parts: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    """Never write NaN/inf weights: raise, and the previous file at ``path`` stays as it was."""
+    if all_finite(v for sd in parts.values() for v in sd.values() if torch.is_tensor(v)):
+        return
+    bad = [f"{part}.{k}" for part, sd in parts.items() for k, v in sd.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not all_finite([v])]
+    if bad:
+        raise NonFiniteError(
+            f"not writing {path}: {len(bad)} weight tensor(s) hold NaN/inf ({', '.join(bad[:3])}"
+            f"{' …' if len(bad) > 3 else ''}); the previous {path.name}, if any, is kept"
+        )

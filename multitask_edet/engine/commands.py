@@ -14,7 +14,7 @@ from ..errors import CheckpointError
 from .config import deep_merge
 from .distributed import env_dist_info, init_distributed, is_main_process, resolve_device
 from .evaluate import evaluate_trained
-from .reports import format_report, write_eval_report
+from .reports import format_report, format_skipped, write_eval_report
 
 
 def run_evaluation(
@@ -33,7 +33,8 @@ def run_evaluation(
     """Score a checkpoint on a split (its run's dataset and val split by default).
 
     Prints the tables, writes ``metrics.json`` and pictures to ``output`` (default: a folder
-    next to the checkpoint).
+    next to the checkpoint). Under ``data.on_error=skip`` what was left out is printed and
+    listed in ``metrics.json`` ("skipped").
     """
     info = env_dist_info()
     dev = resolve_device(device, info)
@@ -57,13 +58,16 @@ def run_evaluation(
     base = src if src.is_dir() else src.parent if src.is_file() else Path(".")
     out = Path(output) if output else base / f"eval-{cfg.data.dataset}-{cfg.data.val_split}"
     main = is_main_process()
+    skipped: list[dict[str, Any]] = []
     results, evaluators = evaluate_trained(
         trained, device=dev, batch_size=batch_size, max_images=max_images, output_dir=out if main else None,
-        progress=main and sys.stderr.isatty(),
+        progress=main and sys.stderr.isatty(), skipped=skipped,
     )  # fmt: skip
     if main:
         print(format_report(evaluators))
+        if skipped:
+            print(format_skipped(skipped, f"in the evaluation of {cfg.data.dataset} {cfg.data.val_split} (not scored)"))
         written = write_eval_report(out, results, evaluators, checkpoint=str(checkpoint), dataset=cfg.data.dataset,
-                                    split=cfg.data.val_split)
+                                    split=cfg.data.val_split, skipped=skipped)
         print("wrote " + ", ".join(str(p) for p in written))
     return results

@@ -205,7 +205,10 @@ class ExperimentConfig:
                 continue
             if k == "task_sections":
                 raise ConfigError("task sections are written at the top level under the task's name (e.g. det: {...})")
-            if k not in tasks and not _is_task_type(k):
+            # a section is a task's when the key names a task of the config or a task type, or when
+            # it gives a registered `type` (a recipe's drivable: {type: seg} while training --task lane)
+            typed = isinstance(v, Mapping) and isinstance(v.get("type"), str) and _is_task_type(v["type"])
+            if k not in tasks and not _is_task_type(k) and not typed:
                 raise ConfigError(
                     f"unknown config key {k!r}; valid keys: {', '.join(_SECTIONS)} and a section per task "
                     f"(tasks of this config: {', '.join(tasks) or 'none'})"
@@ -303,6 +306,8 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Checks across fields (types are checked by from_dict), the model settings and every task section."""
+    import math
+
     if not cfg.tasks:
         raise ConfigError("tasks is empty; give at least one, e.g. --task det")
     if len(set(cfg.tasks)) != len(cfg.tasks):
@@ -313,9 +318,24 @@ def validate(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
     if t.max_steps is not None and t.max_steps < 1:
         raise ConfigError(f"train.max_steps must be >= 1 or null, got {t.max_steps}")
-    for name in ("base_lr", "weight_decay", "warmup_epochs", "ema_decay", "momentum"):
-        if getattr(t, name) < 0:
-            raise ConfigError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+    # NaN passes every "< 0" test, so finiteness is checked first and explicitly
+    for name in ("base_lr", "lr", "weight_decay", "warmup_epochs", "warmup_factor", "min_lr_factor", "ema_decay",
+                 "momentum", "clip_grad_norm"):
+        value = getattr(t, name)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"train.{name} must be a finite number, got {value}")
+        if value is not None and value < 0:
+            raise ConfigError(f"train.{name} must be >= 0, got {value}")
+    for name in ("loss_weights", "lr_mult"):
+        for key, value in getattr(t, name).items():
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"train.{name}.{key} must be a finite number >= 0, got {value}")
+    for where, value in (("train.checkpoint_every_steps", t.checkpoint_every_steps),
+                         ("eval.every_epochs", cfg.eval.every_epochs), ("eval.every_steps", cfg.eval.every_steps)):
+        if value < 0:
+            raise ConfigError(f"{where} must be >= 0 (0 = off), got {value}")
+    if cfg.eval.max_images is not None and cfg.eval.max_images < 1:
+        raise ConfigError(f"eval.max_images must be >= 1 or null, got {cfg.eval.max_images}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.bn_momentum is not None and not 0 < t.bn_momentum <= 1:

@@ -49,14 +49,22 @@ def env_dist_info() -> DistInfo:
 
 def resolve_device(requested: str, info: DistInfo) -> torch.device:
     """``auto`` → this process's GPU (``cuda:LOCAL_RANK``) when there is one, else the CPU."""
+    from ..errors import ConfigError
+
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {requested!r}: only CPU and CUDA devices are supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            from ..errors import ConfigError
-
             raise ConfigError("--device cuda was asked for but no GPU is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {requested!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if device.index is None:
             device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)

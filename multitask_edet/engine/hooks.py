@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..errors import NonFiniteError
 from .checkpointer import Checkpointer
 from .distributed import is_main_process, unwrap
 from .trainer import Hook
@@ -36,7 +37,11 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- checkpoints
 
 class CheckpointHook(Hook):
-    """``last.pt`` at every epoch end, every N steps, and whenever the run stops."""
+    """``last.pt`` at every epoch end, every N steps, and whenever the run stops.
+
+    A run that ends before its first step completed writes nothing: its state is the
+    initialisation, and a ``last.pt`` of it would only make re-running the command refuse.
+    """
 
     def __init__(self, checkpointer: Checkpointer, every_steps: int = 0):
         self.ckpt = checkpointer
@@ -50,10 +55,18 @@ class CheckpointHook(Hook):
 
     def after_train(self) -> None:
         t = self.trainer
-        if self.ckpt.last_saved_step != t.step:
-            # an exception ended the run: other ranks may be gone, so no collective gather
-            self.ckpt.save("last.pt", gather=False)
-        self.ckpt.save_release()
+        if t.step == 0:
+            return  # failed before the first step: nothing worth keeping, nothing to block a re-run
+        ending_by_error = sys.exc_info()[1] is not None  # called from the trainer's `finally`
+        try:
+            if self.ckpt.last_saved_step != t.step:
+                # an exception ended the run: other ranks may be gone, so no collective gather
+                self.ckpt.save("last.pt", gather=False)
+            self.ckpt.save_release()
+        except NonFiniteError as e:
+            if not ending_by_error:
+                raise
+            log.error("%s", e)  # said, not raised: the exception that ended the run stays the one reported
 
 
 # ---------------------------------------------------------------------------- EMA + LR
@@ -142,7 +155,16 @@ class EvalHook(Hook):
 
         t = self.trainer
         start = time.perf_counter()
-        results, evaluators = self.eval_fn()
+        try:
+            results, evaluators = self.eval_fn()
+        except NonFiniteError as e:
+            # the model's outputs were all NaN/inf: no score (so no best.pt from it), said and logged
+            self.last_eval_step = t.step
+            if is_main_process():
+                print(f"evaluation at step {t.step} (epoch {t.epoch}): no score: {e}", flush=True)
+                if self.logger is not None:
+                    self.logger.log_eval({"nonfinite_outputs": 1.0}, seconds=time.perf_counter() - start)
+            return {}
         self.last_results, self.last_evaluators = results, evaluators
         self.last_eval_step = t.step
         main_key = getattr(evaluators.get(self.main_task), "main_metric", "")

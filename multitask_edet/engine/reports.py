@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..tasks.base import Evaluator, jsonable
 from ..tasks.drawing import colour
@@ -16,6 +16,14 @@ from ..tasks.drawing import colour
 
 def format_report(evaluators: Mapping[str, Evaluator]) -> str:
     return "\n\n".join(ev.report() for ev in evaluators.values() if ev.report())
+
+
+def format_skipped(entries: Sequence[Mapping[str, Any]], where: str = "") -> str:
+    """The samples (and annotation entries) ``data.on_error=skip`` left out, one line each (file: reason)."""
+    lines = [f"{len(entries)} sample(s) skipped{' ' + where if where else ''} because they failed to load "
+             "(data.on_error=skip):"]
+    lines += [f"  {e.get('file')}: {e.get('reason')}" for e in entries]
+    return "\n".join(lines)
 
 
 def save_pictures(evaluators: Mapping[str, Evaluator], out_dir: str | Path) -> list[Path]:

@@ -2,8 +2,14 @@
 
 It builds the parts (engine/builders.py), wires the hooks (EMA → LR schedule → evaluation and
 best.pt → last.pt → logging, engine/hooks.py) around the trainer (engine/trainer.py) and
-runs it, single-process or under torchrun. The run folder is written only once the data and
-the model are known to work.
+runs it, single-process or under torchrun.
+
+The run folder (engine/run_folder.py) is owned by this run from the start: a second training
+on the same folder is refused at once, naming the process that holds it. Nothing is written
+into it until the run is decided — data and model built, a ``--resume`` checkpoint loaded into
+them — so a refused command changes nothing there; the decision (``commit``) writes
+config.yaml and removes the temporary files a killed save left. A run that then ends before
+its first step completed removes what it wrote, so the same command can simply run again.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import torch
 from ..config_utils import to_dict
 from ..datasets.base import collate
 from ..datasets.mixed import MixedBatchSampler, MixedDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, RunFolderBusyError
 from .builders import Data, amp_dtype_for, build_data, build_model, build_optimizer, build_tasks, seed_everything
 from .checkpoint import atomic_write
 from .checkpointer import Checkpointer
@@ -31,6 +37,8 @@ from .evaluate import evaluate
 from .finetune import FreezeStepsHook, freeze_batch_norm, set_bn_momentum
 from .hooks import CheckpointHook, EMAHook, EvalHook, LRSchedulerHook, MetricsLogger
 from .param_groups import apply_freeze, frozen_tasks
+from .reports import format_skipped
+from .run_folder import RunFolder
 from .schedule import build_scheduler, scaled_lr
 from .trainer import Trainer
 from .weighting import build_weighting
@@ -51,13 +59,35 @@ def check_run_dir(cfg: ExperimentConfig, resume: bool) -> Path:
     return run_dir
 
 
-def prepare_run_dir(cfg: ExperimentConfig, resume: bool) -> Path:
-    """Create the run folder and write the resolved config (rank 0)."""
-    run_dir = check_run_dir(cfg, resume)
+def own_run_dir(cfg: ExperimentConfig) -> RunFolder | None:
+    """Rank 0 takes the run folder (``RunFolder.acquire``); the other ranks get None.
+
+    Every rank learns whether rank 0 got it, so all of them stop with its error together
+    instead of waiting for rank 0 at the first collective call.
+    """
+    folder, failure = None, None
     if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
-    return run_dir
+        try:
+            folder = RunFolder(cfg.run_dir()).acquire()
+        except Exception as e:  # noqa: BLE001 — re-raised below, after the other ranks heard of it
+            failure = e
+    outcome = all_gather_object(None if failure is None else str(failure))[0]
+    if failure is not None:
+        raise failure
+    if outcome is not None:
+        raise RunFolderBusyError(f"rank 0 could not take the run folder: {outcome}")
+    return folder
+
+
+def commit_run_dir(cfg: ExperimentConfig, folder: RunFolder | None) -> Path:
+    """The run is decided: write the resolved config and remove stale temp files (rank 0)."""
+    if folder is not None:
+        removed = folder.commit()
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) that an interrupted save left in {folder.path}: "
+                  + ", ".join(p.name for p in removed), flush=True)
+        folder.write_text("config.yaml", cfg.to_yaml())
+    return cfg.run_dir()
 
 
 # ---------------------------------------------------------------------------- training
@@ -78,13 +108,22 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
     info = dist_info or env_dist_info()
     device = resolve_device(cfg.train.device, info)
     info = init_distributed(device, info)
-    check_run_dir(cfg, resume is not None)
+    folder = own_run_dir(cfg)
+    try:
+        return _run(cfg, resume, info, device, folder)
+    finally:
+        if folder is not None:
+            folder.release()  # before commit(): also removes the lock file and a folder acquire() made
+
+
+def _run(cfg: ExperimentConfig, resume: str | Path | None, info: DistInfo, device: torch.device,
+         folder: RunFolder | None) -> TrainResult:
+    run_dir = check_run_dir(cfg, resume is not None)
     seed_everything(cfg.train.seed)
 
     data = build_data(cfg)
     # a resumed run loads every weight from its checkpoint: no initial weights to fetch or read
     model = build_model(cfg, data.class_names, initial_weights=resume is None).to(device)
-    run_dir = prepare_run_dir(cfg, resume is not None)  # after the data and model are known to work
     tasks = build_tasks(model, data.class_names)
     model = convert_sync_bn(model, device) if cfg.train.sync_bn else model
     apply_freeze(model, cfg.train.freeze)
@@ -120,23 +159,35 @@ def run_training(cfg: ExperimentConfig, resume: str | Path | None = None, dist_i
         amp_dtype=amp_dtype, clip_grad_norm=t.clip_grad_norm, channels_last=cfg.model.channels_last,
         max_nonfinite=t.max_nonfinite, loss_tasks=loss_tasks,
     )  # fmt: skip
-    checkpointer, eval_hook = _attach_hooks(cfg, trainer, run_dir, data, scheduler, ema, amp_dtype, info)
+    eval_skipped: dict[str, dict[str, Any]] = {}
+    checkpointer, eval_hook = _attach_hooks(cfg, trainer, run_dir, data, scheduler, ema, amp_dtype, info, eval_skipped)
     if resume is not None:
-        _resume(checkpointer, scheduler, resume)
+        _resume(checkpointer, scheduler, resume)  # a checkpoint that does not fit is refused here: nothing written yet
+    commit_run_dir(cfg, folder)
     if is_main_process():
         print(f"training {'+'.join(cfg.tasks)} on {cfg.data.dataset}: {len(data.train)} images, "
               f"{steps_per_epoch} steps/epoch, {max_steps} steps, lr {lr:.4g} at global batch "
               f"{t.batch_size * info.world_size}, device {device}, run folder {run_dir}", flush=True)
         print(f"initial weights: {_weights_source(cfg, model, resume)}", flush=True)
-    trainer.train()
-    skipped = _report_skipped(trainer, run_dir)
+    start = trainer.step
+    try:
+        trainer.train()
+    finally:
+        if folder is not None and trainer.step == start:
+            # not one step completed: what this run wrote (config.yaml, an empty metrics.jsonl ...)
+            # would only stand in the way of running the same command again
+            folder.abandon()
+    skipped = _report_skipped(trainer, run_dir, data, list(eval_skipped.values()))
     best = eval_hook.best if eval_hook.best_step >= 0 else None
     return TrainResult(run_dir, trainer.step, trainer.epoch, trainer.stop_reason, eval_hook.last_results, best, skipped)
 
 
 def _attach_hooks(cfg: ExperimentConfig, trainer: Trainer, run_dir: Path, data: Data, scheduler, ema, amp_dtype,
-                  info: DistInfo) -> tuple[Checkpointer, EvalHook]:
-    """EMA → LR schedule → evaluation (+ best.pt) → last.pt → logging, in that order."""
+                  info: DistInfo, eval_skipped: dict[str, dict[str, Any]]) -> tuple[Checkpointer, EvalHook]:
+    """EMA → LR schedule → evaluation (+ best.pt) → last.pt → logging, in that order.
+
+    ``eval_skipped`` collects what the evaluations left out under ``data.on_error=skip`` (by file).
+    """
     t = cfg.train
     checkpointer = Checkpointer(run_dir, trainer=trainer, scheduler=scheduler, ema=ema, config=cfg.to_dict(),
                                 class_names=data.class_names, model_config=to_dict(unwrap(trainer.model).config))
@@ -146,9 +197,13 @@ def _attach_hooks(cfg: ExperimentConfig, trainer: Trainer, run_dir: Path, data: 
     def eval_fn():
         net = ema.module if (ema is not None and cfg.eval.use_ema) else unwrap(trainer.model)
         broadcast_module_state(net)  # every shard scored with rank 0's weights and BN statistics
-        return evaluate(net, trainer.tasks, data.eval_sets, device=trainer.device,
-                        batch_size=cfg.eval.batch_size or t.batch_size, workers=cfg.data.workers, amp_dtype=amp_dtype,
-                        max_images=cfg.eval.max_images)
+        skipped: list[dict[str, Any]] = []
+        out = evaluate(net, trainer.tasks, data.eval_sets, device=trainer.device,
+                       batch_size=cfg.eval.batch_size or t.batch_size, workers=cfg.data.workers, amp_dtype=amp_dtype,
+                       max_images=cfg.eval.max_images, skipped=skipped)
+        for entry in skipped:
+            eval_skipped.setdefault(str(entry["file"]) + "\0" + entry["reason"], {**entry, "split": cfg.data.val_split})
+        return out
 
     eval_hook = EvalHook(eval_fn, cfg.tasks[0], checkpointer, logger, cfg.eval.every_epochs, cfg.eval.every_steps,
                          report_dir=run_dir / "eval")
@@ -197,18 +252,22 @@ def _train_loader(cfg: ExperimentConfig, data: Data, info: DistInfo, device: tor
                            batch_sampler=batch_sampler, pin_memory=device.type == "cuda")
 
 
-def _report_skipped(trainer: Trainer, run_dir: Path) -> list[dict[str, Any]]:
-    """Samples skipped under on_error=skip, from every rank: printed and written to skipped.json."""
+def _report_skipped(trainer: Trainer, run_dir: Path, data: Data, evaluation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What on_error=skip left out, printed and written to skipped.json: training samples (from
+    every rank), the annotation entries a dataset dropped when it read the training split, and
+    what the evaluations left out (``evaluation``, marked with their split)."""
     merged: dict[str, dict[str, Any]] = {}
     for part in all_gather_object(trainer.skipped_samples):
         merged.update(part)
     skipped = [merged[k] for k in sorted(merged)]
+    train_sets = data.train.sources if isinstance(data.train, MixedDataset) else [data.train]
+    for ds in dict.fromkeys(train_sets):
+        skipped += [{"file": p["file"], "reason": p["reason"]} for p in getattr(ds, "problems", [])]
+    skipped += evaluation
     if skipped and is_main_process():
         atomic_write(run_dir / "skipped.json", lambda tmp: Path(tmp).write_text(json.dumps(skipped, indent=2)))
-        print(f"{len(skipped)} sample(s) skipped because they failed to load (data.on_error=skip):", flush=True)
-        for s in skipped:
-            print(f"  {s.get('file')}: {s.get('reason')}", flush=True)
+        print(format_skipped(skipped), flush=True)
     return skipped
 
 
-__all__ = ["TrainResult", "check_run_dir", "prepare_run_dir", "run_training"]
+__all__ = ["TrainResult", "check_run_dir", "commit_run_dir", "own_run_dir", "run_training"]

@@ -7,8 +7,12 @@ every step, so the loop stays this small.
 
 Robustness:
 
-- a non-finite total loss skips the step (no backward, no update) and is counted; after
-  ``max_nonfinite`` in a row the run stops with a message and a checkpoint;
+- a step that meets a non-finite number — the total loss, the BatchNorm statistics its
+  forward pass updated, the gradients, or the weights after the update — is undone (the
+  parameters, buffers and optimizer state of before the step come back, engine/step_guard.py)
+  and counted; after ``max_nonfinite`` such steps in a row the run stops with a message that
+  says which step the weights in the checkpoint are from. The weights in memory, and so in
+  every checkpoint, are always those of the last finite update;
 - SIGINT / SIGTERM set a flag; the current step finishes, the hooks write a checkpoint and
   the loop ends (a second SIGINT interrupts at once);
 - the progress counters (step, epoch, iteration in the epoch) advance only after a
@@ -16,7 +20,8 @@ Robustness:
   sampler there and the run continues exactly.
 
 Under DDP every rank must take the same branch: one small all-reduce per step merges the
-"non-finite", "stop requested" and "task present in the batch" flags of all ranks.
+"non-finite", "stop requested" and "task present in the batch" flags of all ranks (the
+gradients and the updated weights are the same on every rank, so their checks agree).
 """
 from __future__ import annotations
 
@@ -29,17 +34,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import NonFiniteError
 from ..tasks.base import Task
 from .distributed import ResumableLoader, unwrap, world_size
 from .inference import autocast, model_images, to_float
 from .param_groups import drop_absent_task_grads, keep_buffers, task_heads
+from .step_guard import StepGuard, all_finite
 from .weighting import LossWeighting, sum_task_losses
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(NonFiniteError, RuntimeError):
+    """Training stopped: too many steps in a row had a non-finite loss, gradient or weight."""
 
 
 class Hook:
@@ -93,6 +100,11 @@ class Trainer:
         self.iter_in_epoch = 0
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
+        #: what was non-finite in the current streak of undone steps ("loss", "gradients", ...)
+        self.nonfinite_kinds: list[str] = []
+        #: the value of ``step`` after the last update that was applied (finite), 0 before any
+        self.last_finite_step = 0
+        self.guard = StepGuard(unwrap(model), optimizer)
         #: set by the step: whether the last step updated the weights, and its metrics
         self.step_applied = False
         self.step_metrics: dict[str, float] = {}
@@ -162,6 +174,7 @@ class Trainer:
     def _run_step(self, batch: dict[str, Any], present_local: list[bool]) -> None:
         self.model.train()
         t0 = time.perf_counter()
+        self.guard.save()  # before the forward pass, which updates the BatchNorm statistics
         images = model_images(self.model, batch["images"], self.device, channels_last=self.channels_last)
         with autocast(self.device, self.amp_dtype):
             outputs = self.model(images)
@@ -176,7 +189,9 @@ class Trainer:
             total, wlog = self.weighting(task_losses, present=[t for t, p in zip(self.loss_tasks, present_local) if p])
             metrics.update(wlog)
             nonfinite_local = not bool(torch.isfinite(total.detach()))
-        nonfinite, stop, present = self._sync_flags(nonfinite_local, self._stop_local, present_local)
+        # BatchNorm statistics differ per rank: checked here, so that the flag sync below covers them
+        kind = "loss" if nonfinite_local else ("BatchNorm statistics" if not self.guard.buffers_finite() else "")
+        nonfinite, stop, present = self._sync_flags(bool(kind), self._stop_local, present_local)
         if stop and self.stop_reason is None:
             self.stop_reason = "signal"
 
@@ -184,19 +199,9 @@ class Trainer:
         if nonfinite or not any(present):
             self.optimizer.zero_grad(set_to_none=True)
             if nonfinite:
-                self.nonfinite_in_row += 1
-                self.nonfinite_total += 1
-                log.warning("non-finite loss at step %d (%d in a row): step skipped", self.step, self.nonfinite_in_row)
-                if self.nonfinite_in_row >= self.max_nonfinite and self.stop_reason is None:
-                    self.stop_reason = (
-                        f"non-finite loss in {self.nonfinite_in_row} steps in a row (step {self.step}); "
-                        "lower train.base_lr, enable gradient clipping (train.clip_grad_norm) or check the data; "
-                        "the last checkpoint holds the state before the failure"
-                    )
-            metrics["nonfinite"] = float(self.nonfinite_total)
+                self._undo_step(kind or "loss or BatchNorm statistics (on another process)", metrics)
             self.step_metrics = metrics
             return
-        self.nonfinite_in_row = 0
 
         if total is None:
             # this rank's batch lacks every task another rank has: a zero loss keeps DDP in step
@@ -210,10 +215,17 @@ class Trainer:
         drop_absent_task_grads(unwrap(self.model), absent, self.weighting)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         if self.clip_grad_norm:
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
             metrics["grad_norm"] = float(norm)
+        # with an fp16 GradScaler, inf gradients are its routine overflow signal: it skips the update itself
+        if self.scaler is None and not all_finite(grads):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._undo_step("gradients", metrics)
+            self.step_metrics = metrics
+            return
         if self.scaler is not None:
             scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
@@ -224,10 +236,38 @@ class Trainer:
             self.optimizer.step()
             self.step_applied = True
         self.optimizer.zero_grad(set_to_none=True)
+        if self.step_applied and not self.guard.params_finite():  # buffers were checked before, and did not change
+            self.step_applied = False
+            self._undo_step("weights after the update", metrics)
+            self.step_metrics = metrics
+            return
+        self.nonfinite_in_row, self.nonfinite_kinds = 0, []
+        if self.step_applied:
+            self.last_finite_step = self.step + 1
         metrics["loss"] = float(total.detach())
         metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         metrics["step_time"] = time.perf_counter() - t0
         self.step_metrics = metrics
+
+    def _undo_step(self, kind: str, metrics: dict[str, float]) -> None:
+        """A step met non-finite ``kind``: put the state of before it back, count it, maybe stop."""
+        self.guard.restore()
+        metrics.pop("grad_norm", None)  # of gradients that were thrown away
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        if kind not in self.nonfinite_kinds:
+            self.nonfinite_kinds.append(kind)
+        metrics["nonfinite"] = float(self.nonfinite_total)
+        # steps are numbered from 1 in messages, as in the progress lines and checkpoints
+        log.warning("non-finite %s in step %d (%d in a row): step undone", kind, self.step + 1, self.nonfinite_in_row)
+        if self.nonfinite_in_row >= self.max_nonfinite and self.stop_reason is None:
+            held = (f"the weights of step {self.last_finite_step}, the last finite update" if self.last_finite_step
+                    else "the initial weights (no update was finite)")
+            self.stop_reason = (
+                f"non-finite {'/'.join(self.nonfinite_kinds)} in {self.nonfinite_in_row} steps in a row (up to step "
+                f"{self.step + 1}); lower train.base_lr, enable gradient clipping (train.clip_grad_norm) or check the data; "
+                f"every failing step was undone, so last.pt (written after step {self.step + 1}) holds {held}"
+            )
 
     def _sync_flags(self, nonfinite: bool, stop: bool, present: list[bool]) -> tuple[bool, bool, list[bool]]:
         if world_size() == 1:
@@ -250,6 +290,7 @@ class Trainer:
             "iter_in_epoch": self.iter_in_epoch,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_row": self.nonfinite_in_row,
+            "last_finite_step": self.last_finite_step,
             "max_steps": self.max_steps,
         }
 
@@ -259,6 +300,7 @@ class Trainer:
         self.iter_in_epoch = int(state["iter_in_epoch"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
+        self.last_finite_step = int(state.get("last_finite_step", self.step))
 
     # ------------------------------------------------------------------ signals
     def request_stop(self) -> None:

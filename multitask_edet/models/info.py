@@ -17,6 +17,19 @@ from .factory import _has_num_classes, create_model, resolve_config
 
 _MAC_OPS = ("convolution", "mm", "addmm", "bmm", "baddbmm")
 
+#: published models a named variant is to be compared with: (model, params, GMACs or None, what it is)
+_TABLE2 = {"d0": (3.9, 2.5), "d1": (6.6, 6.1), "d2": (8.1, 11), "d3": (12, 25), "d4": (21, 55), "d5": (34, 135),
+           "d6": (52, 226), "d7": (52, 325), "d7x": (77, 410)}  # EfficientDet paper, Table 2 (FLOPs = multiply-adds)
+PUBLISHED: dict[str, list[tuple[str, float, float | None, str]]] = {
+    **{f"{prefix}efficientdet-{v}": [(f"EfficientDet-{v.upper()}", p * 1e6, g, "paper Table 2, 90 classes")]
+       for v, (p, g) in _TABLE2.items() for prefix in ("", "tf_")},
+    "efficientdet-d4-seg": [("EfficientDet-D4 segmentation", 17e6, 18, "paper §5.2 / Table 3")],
+    "efficientdet-d3-bdd": [
+        ("HybridNets", 12.83e6, None, "EfficientNet-B3 + BiFPN, BDD100K det (1 class) + drivable + lane"),
+        ("YOLOP", 7.9e6, None, "BDD100K det (1 class) + drivable + lane"),
+    ],
+}
+
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
@@ -79,4 +92,5 @@ def model_info(
         "params": _count(model),
         "params_per_part": parts,
         "gmacs": _macs(model, size) / 1e9,
+        "published": [{"model": m, "params": n, "gmacs": g, "note": note} for m, n, g, note in PUBLISHED.get(cfg.name, [])],
     }

@@ -15,7 +15,8 @@ def test_every_shipped_recipe_resolves_and_names_a_known_model():
     from multitask_edet.config import list_models
 
     names = list_recipes()
-    for required in ["det-coco-d0", "det-coco-d7x", "det-voc-d0", "seg-voc-d4", "joint-voc-d0", "joint-coco-voc"]:
+    for required in ["det-coco-d0", "det-coco-d7x", "det-voc-d0", "seg-voc-d4", "joint-voc-d0", "joint-coco-voc",
+                     "bdd100k-d3", "bdd100k-d3-vehicle", "cityscapes-d4-seg", "coco-panoptic-joint-d0"]:
         assert required in names
     for n in names:
         cfg = build_config(n)
@@ -49,10 +50,34 @@ def test_paper_recipe_defaults():
 @pytest.mark.parametrize(
     "tasks, dataset, recipe",
     [(["det"], None, "det-coco-d0"), (["det"], "voc0712", "det-voc-d0"), (["det"], "voc2012", "det-coco-d0"), (["seg"], None, "seg-voc-d4"),
-     (["det", "seg"], "voc2012", "joint-voc-d0"), (["det", "seg"], "coco+voc2012", "joint-coco-voc")],
+     (["det", "seg"], "voc2012", "joint-voc-d0"), (["det", "seg"], "coco+voc2012", "joint-coco-voc"),
+     (["det", "drivable", "lane"], "bdd100k", "bdd100k-d3"), (["seg"], "cityscapes", "cityscapes-d4-seg"),
+     (["det", "seg"], "coco-panoptic", "coco-panoptic-joint-d0")],
 )  # fmt: skip
 def test_default_recipe_per_task(tasks, dataset, recipe):
     assert default_recipe(tasks, dataset) == recipe
+
+
+def test_multitask_recipes_name_their_heads_types_and_the_papers_protocols():
+    cfg = build_config(None, tasks=["det", "drivable", "lane"], overrides={"data": {"dataset": "bdd100k"}})
+    assert cfg.model.name == "efficientdet-d3-bdd" and tuple(cfg.model.image_size) == (384, 640)
+    assert cfg.task_sections["drivable"]["type"] == cfg.task_sections["lane"]["type"] == "seg"
+    lane, det = cfg.task_config("lane"), cfg.task_config("det")
+    assert set(lane.loss.weights) == {"focal", "tversky"} and lane.eval.paper_class == "lane"
+    assert det.eval.paper_protocol == "hybridnets" and det.repeats == 4  # D3's head depth from the variant
+    assert cfg.data.options["lane_dilation"] == 3
+    vehicle = build_config("bdd100k-d3-vehicle")
+    assert vehicle.data.options == {**cfg.data.options, "class_map": "vehicle"} and vehicle.tasks == cfg.tasks
+    city = build_config("cityscapes-d4-seg")
+    assert (city.data.dataset, tuple(city.model.image_size), city.tasks) == ("cityscapes", (512, 1024), ("seg",))
+    pan = build_config("coco-panoptic-joint-d0")
+    assert (pan.data.dataset, pan.tasks) == ("coco-panoptic", ("det", "seg"))
+    # one head of the recipe alone: the other heads' typed sections are left aside, an untyped one is an error
+    lane_only = build_config("bdd100k-d3", tasks=["lane"])
+    assert lane_only.tasks == ("lane",) and set(lane_only.task_sections) == {"lane"}
+    assert build_config("bdd100k-d3", tasks=["det"]).task_sections.keys() == {"det"}
+    with pytest.raises(ConfigError, match="unknown config key 'drivable'"):
+        ExperimentConfig.from_dict({"tasks": ["det"], "drivable": {"num_classes": 2}})
 
 
 def test_overrides_are_validated_and_layered():

@@ -60,7 +60,7 @@ def test_mixed_run_stopped_mid_epoch_resumes_exactly(mixed_root, tmp_path, tiny_
 
     monkeypatch.setattr(hooks.MetricsLogger, "after_step", stop_at_2)
     part = tmp_path / "part"
-    assert main(_args(tiny_args, mixed_root, part, *extra)) == 0
+    assert main(_args(tiny_args, mixed_root, part, *extra)) == 75  # stopped, resumable
     state = torch.load(part / "last.pt", weights_only=True)["state"]
     assert state["step"] == 3 and state["iter_in_epoch"] == 3  # 3 + 1 batches per epoch: mid-epoch
     monkeypatch.setattr(hooks.MetricsLogger, "after_step", real)

@@ -47,3 +47,20 @@ def test_info_of_a_built_model_equals_info_by_name():
     # twice the pixels ≈ twice the multiply-adds (all convolutions)
     assert model_info(model, image_size=(128, 128))["gmacs"] == pytest.approx(built["gmacs"] / 2, rel=1e-3)  # SE convs run on 1×1 maps
     assert model.training  # measuring does not leave the model in eval mode
+
+
+def test_bdd100k_variant_beside_hybridnets(capsys):
+    from multitask_edet.cli import main
+
+    info = model_info("efficientdet-d3-bdd")
+    assert info["tasks"] == ["det", "drivable", "lane"] and info["levels"] == [2, 7]
+    assert info["num_classes"] == {"det": 10, "drivable": 2, "lane": 2} and info["image_size"] == [384, 640]
+    hybridnets = info["published"][0]
+    assert (hybridnets["model"], hybridnets["params"]) == ("HybridNets", 12.83e6)
+    assert info["params"] == pytest.approx(hybridnets["params"], rel=0.06)  # same backbone and BiFPN width
+    assert main(["info", "efficientdet-d3-bdd"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters {info['params'] / 1e6:.3f}M" in out
+    assert f"published: HybridNets 12.830M params" in out and f"{info['params'] / 12.83e6:.2f}x its parameters" in out
+    assert model_info("efficientdet-d0")["published"][0]["params"] == 3.9e6
+    assert model_info("test-efficientdet")["published"] == []

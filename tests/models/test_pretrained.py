@@ -131,7 +131,7 @@ def test_real_recipes_start_from_pretrained_weights_demo_and_smoke_do_not():
     for name in list_recipes():
         cfg = build_config(name)
         pretrained = cfg.model.backbone.get("pretrained", False)
-        if name.startswith(("det-coco-", "seg-voc-", "joint-")):
+        if name.startswith(("det-coco-", "seg-voc-", "joint-", "bdd100k-", "cityscapes-", "coco-panoptic-")):
             assert pretrained is True, name
         elif name in ("det-voc-d0", "finetune-det"):  # fine-tune effdet's COCO detector, backbone included
             assert cfg.model.checkpoint == "effdet:efficientdet_d0" and cfg.model.checkpoint_strict is False
@@ -139,3 +139,5 @@ def test_real_recipes_start_from_pretrained_weights_demo_and_smoke_do_not():
             assert pretrained is True and cfg.train.bn_momentum == 0.1 and cfg.train.lr_mult == {"backbone": 0.1}
         elif name.startswith(("demo-", "smoke-")):
             assert not pretrained and cfg.model.checkpoint is None, name
+        else:
+            raise AssertionError(f"recipe {name}: decide where its weights come from and add it here")

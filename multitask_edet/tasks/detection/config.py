@@ -58,6 +58,10 @@ class DetEvalConfig:
     voc_ap_method: Literal["area", "11point"] = "area"
     #: name of the COCO results JSON written to the evaluator's output_dir
     results_file: str = "det_results.json"
+    #: also report the detection "recall" and "mAP50" of a driving paper's evaluation code, beside
+    #: the main metric (keys "<protocol>/recall", "<protocol>/mAP50"): "hybridnets" or "yolop"
+    #: (YOLOv5-style matching and 101-point AP; tasks/detection/paper_metrics.py defines them), or "none"
+    paper_protocol: Literal["none", "hybridnets", "yolop"] = "none"
 
 
 @dataclass(frozen=True)

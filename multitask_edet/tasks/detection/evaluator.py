@@ -12,12 +12,22 @@ nor FP, a box already taken makes it an FP — with the VOC2010+ area or the VOC
 11-point interpolation. The same run reports COCOeval's numbers on VOC, prefixed "coco_".
 Coordinates are continuous (VOC's 1-based pixels become [x1 - 1, x2]), which equals the
 devkit's "+1" width convention exactly, so no +1 appears here.
+
+With ``DetEvalConfig.paper_protocol`` the recall and mAP@0.5 that HybridNets / YOLOP report
+are computed too, as their code does (tasks/detection/paper_metrics.py), under keys prefixed
+with the protocol's name; the main metric stays COCO's (or VOC's).
+
+Non-finite predictions never reach pycocotools (which would count a NaN overlap as a match):
+post-processing leaves them out and counts them (``"nonfinite"`` per image), ``add`` drops any
+that are left, and when no image has a finite detection while outputs were dropped as
+non-finite, ``compute`` raises ``NonFiniteError`` instead of returning an AP.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any, Sequence
@@ -27,9 +37,12 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ...errors import ConfigError
+from ...errors import ConfigError, NonFiniteError
 from ..base import Evaluator
 from .config import DetEvalConfig
+from .paper_metrics import paper_detection_metrics
+
+log = logging.getLogger(__name__)
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -83,29 +96,56 @@ class DetectionEvaluator(Evaluator):
     # -- accumulation --------------------------------------------------------------------
     def reset(self) -> None:
         self._preds: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        #: image id → outputs left out because they were not finite
+        self._nonfinite: dict[int, int] = {}
 
     def update(self, predictions: list[dict[str, torch.Tensor]], batch: dict[str, Any]) -> None:
         for pred, meta in zip(predictions, batch["meta"]):
-            self.add(meta["image_id"], pred["boxes"], pred["scores"], pred["labels"])
+            self.add(meta["image_id"], pred["boxes"], pred["scores"], pred["labels"], pred.get("nonfinite", 0))
 
-    def add(self, image_id, boxes, scores, labels) -> None:
-        """One image's predictions: xyxy boxes in original pixels, contiguous labels."""
+    def add(self, image_id, boxes, scores, labels, nonfinite: int = 0) -> None:
+        """One image's predictions: xyxy boxes in original pixels, contiguous labels.
+
+        ``nonfinite``: outputs post-processing already left out; rows with a non-finite box or
+        score are left out here too, and counted.
+        """
         to_np = lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)  # noqa: E731
         image_id = int(image_id)
-        self._preds[image_id] = (
-            to_np(boxes).astype(np.float64).reshape(-1, 4),
-            to_np(scores).astype(np.float64).reshape(-1),
-            to_np(labels).astype(np.int64).reshape(-1),
-        )
+        boxes = to_np(boxes).astype(np.float64).reshape(-1, 4)
+        scores = to_np(scores).astype(np.float64).reshape(-1)
+        labels = to_np(labels).astype(np.int64).reshape(-1)
+        finite = np.isfinite(boxes).all(1) & np.isfinite(scores)
+        self._preds[image_id] = (boxes[finite], scores[finite], labels[finite])
+        self._nonfinite[image_id] = int(nonfinite) + int((~finite).sum())
 
     def sync(self) -> None:
         """Gather all processes' predictions; a DistributedSampler's padding duplicates merge."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return
         gathered: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, list(self._preds.items()))
-        for part in gathered:
-            self._preds.update(dict(part))
+        torch.distributed.all_gather_object(gathered, (list(self._preds.items()), list(self._nonfinite.items())))
+        for preds, nonfinite in gathered:
+            self._preds.update(dict(preds))
+            self._nonfinite.update(dict(nonfinite))
+
+    @property
+    def nonfinite_outputs(self) -> int:
+        """Outputs left out as non-finite over the images evaluated."""
+        return sum(self._nonfinite.values())
+
+    def _check_finite(self) -> None:
+        """No AP from a model whose outputs were all non-finite: say so instead."""
+        dropped = self.nonfinite_outputs
+        if not dropped:
+            return
+        if self._preds and all(len(p[0]) == 0 for p in self._preds.values()):
+            raise NonFiniteError(
+                f"detection outputs were all non-finite (NaN/inf): {dropped} candidate boxes/scores left out over "
+                f"{len(self._preds)} image(s) and no finite detection remained, so no AP is reported; the network "
+                "overflowed, or its weights or inputs hold NaN/inf (a diverged training?)"
+            )
+        log.warning("detection: %d non-finite candidate boxes/scores left out over %d image(s) (NaN/inf outputs)",
+                    dropped, sum(1 for v in self._nonfinite.values() if v))
 
     # -- scoring ---------------------------------------------------------------------------
     def coco_results(self) -> list[dict[str, Any]]:
@@ -125,6 +165,7 @@ class DetectionEvaluator(Evaluator):
         return out
 
     def compute(self) -> dict[str, float]:
+        self._check_finite()
         results = self.coco_results()
         source: Any = results
         if self.output_dir is not None:
@@ -142,8 +183,26 @@ class DetectionEvaluator(Evaluator):
                 per_class.setdefault(name, {})["VOC AP50"] = ap
         else:
             metrics = coco
+        if self.cfg.paper_protocol != "none":
+            paper, paper_per_class = paper_detection_metrics(self._paper_images(), self.cfg.paper_protocol,
+                                                             [self.class_names[c] for c in self.cat_ids.values()])
+            metrics = {**metrics, **paper}
+            for name, vals in paper_per_class.items():
+                per_class.setdefault(name, {}).update({"paper R": vals["recall"], "paper AP50": vals["AP50"]})
         self.metrics, self.per_class = metrics, per_class
         return metrics
+
+    def _paper_images(self):
+        """Per evaluated image: its detections and its ground truth (contiguous labels, xyxy, ignore flags)."""
+        for image_id in sorted(self._preds):
+            boxes, scores, labels = self._preds[image_id]
+            anns = [a for a in self.coco_gt.loadAnns(self.coco_gt.getAnnIds(imgIds=[image_id]))
+                    if a["category_id"] in self.label_of_cat]
+            gt = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+            gt[:, 2:] += gt[:, :2]
+            gt_labels = np.array([self.label_of_cat[a["category_id"]] for a in anns], dtype=np.int64)
+            ignore = np.array([bool(a.get("ignore", 0) or a.get("iscrowd", 0)) for a in anns], dtype=bool)
+            yield boxes, scores, labels, gt, gt_labels, ignore
 
     def _coco_eval(self, source, any_results: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         image_ids = sorted(self._preds)
@@ -217,13 +276,20 @@ class DetectionEvaluator(Evaluator):
             return "detection: nothing evaluated yet"
         title = "VOC protocol (AP50, difficult ignored)" if self.protocol == "voc" else "COCO protocol"
         lines = [f"detection — {title}, {len(self._preds)} images"]
-        lines.append("  ".join(f"{k} {v * 100:.2f}" for k, v in self.metrics.items()))
+        if self.nonfinite_outputs:
+            lines.append(f"({self.nonfinite_outputs} non-finite candidate boxes/scores left out, not scored)")
+        lines.append("  ".join(f"{k} {v * 100:.2f}" for k, v in self.metrics.items() if "/" not in k))
+        p = self.cfg.paper_protocol
+        if f"{p}/recall" in self.metrics:
+            lines.append(f"{p} protocol (YOLOv5-style matching, 101-point AP; not COCO's): "
+                         f"recall {100 * self.metrics[f'{p}/recall']:.2f}  mAP50 {100 * self.metrics[f'{p}/mAP50']:.2f}")
         if self.per_class:
             cols = sorted({k for v in self.per_class.values() for k in v})
             width = max(12, max(len(n) for n in self.per_class))
-            lines.append(f"{'class':<{width}}" + "".join(f"{c:>10}" for c in cols))
+            cw = {c: max(10, len(c) + 2) for c in cols}
+            lines.append(f"{'class':<{width}}" + "".join(f"{c:>{cw[c]}}" for c in cols))
             for name, vals in self.per_class.items():
-                cells = "".join(f"{vals.get(c, float('nan')) * 100:>10.2f}" for c in cols)
+                cells = "".join(f"{vals.get(c, float('nan')) * 100:>{cw[c]}.2f}" for c in cols)
                 lines.append(f"{name:<{width}}{cells}")
         return "\n".join(lines)
 

@@ -90,7 +90,8 @@ def export_detections(
     coder = box_coder or BoxCoder()
     device = cls_outputs[0].device
     grid = anchors.for_feature_sizes([c.shape[-2:] for c in cls_outputs], device)
-    logits, codes, anchor_idx, classes = select_candidates(cls_outputs, box_outputs, num_classes, cfg.max_candidates)
+    # non-finite candidates rank last with a -inf logit (score 0): an exported model has no NaN to drop
+    logits, codes, anchor_idx, classes, _ = select_candidates(cls_outputs, box_outputs, num_classes, cfg.max_candidates)
     boxes = coder.decode(codes.float(), grid[anchor_idx])
     sizes = geometry.orig_sizes.to(boxes)
     boxes = to_original(boxes, geometry.scales.to(boxes), torch.zeros_like(sizes), sizes)

@@ -7,6 +7,10 @@
 5. keep the best 100.
 
 Mapping before NMS changes nothing: IoU is invariant to the one scale + shift of an image.
+
+Non-finite outputs (NaN/inf logits or box codes, or boxes that overflow when decoded) are
+never detections: they are left out before the top-k (NaN would otherwise rank first) and
+counted per image in ``"nonfinite"``, so the evaluator can say so instead of scoring them.
 """
 from __future__ import annotations
 
@@ -28,17 +32,25 @@ def at_most(n: Any, k: int) -> Any:
 
 def select_candidates(
     cls_outputs: Sequence[torch.Tensor], box_outputs: Sequence[torch.Tensor], num_classes: int, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k over (anchor, class) logits per image → (logits, codes, anchor idx, class), each (B, K)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k over (anchor, class) logits per image → (logits, codes, anchor idx, class), each (B, K),
+    and the number of non-finite (anchor, class) candidates per image (B,).
+
+    A candidate is non-finite when its logit or any of its anchor's box codes is; it gets the
+    logit -inf, so it ranks last (its slot in the top-k, if any, is marked by that -inf).
+    """
     logits = torch.cat([flatten_level(c, num_classes) for c in cls_outputs], dim=1)
     codes = torch.cat([flatten_level(b, 4) for b in box_outputs], dim=1)
     B = logits.shape[0]
+    bad = ~torch.isfinite(logits) | ~torch.isfinite(codes).all(-1, keepdim=True)
+    nonfinite = bad.reshape(B, -1).sum(1)
+    logits = logits.masked_fill(bad, float("-inf"))
     k = at_most(logits.shape[1] * num_classes, k)
     top, flat_idx = logits.reshape(B, -1).topk(k, dim=1)
     anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
     classes = flat_idx % num_classes
     codes = torch.gather(codes, 1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
-    return top, codes, anchor_idx, classes
+    return top, codes, anchor_idx, classes, nonfinite
 
 
 def image_transforms(
@@ -73,6 +85,7 @@ def soft_nms(
     sigma: float = 0.5,
     score_threshold: float = 0.001,
     max_detections: int = 100,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gaussian soft-NMS per class (Bodla et al. 2017), batched over images.
 
@@ -81,12 +94,13 @@ def soft_nms(
     to ``score_threshold`` or below leave. Picked scores never increase, so the first
     ``max_detections`` picks are the final top detections: the loop runs that many steps,
     one vectorised step for the whole batch, not once per candidate (torchvision has no
-    soft-NMS). Returns (indices (B, D), decayed scores (B, D), valid (B, D)).
+    soft-NMS). ``valid`` (B, K) excludes candidates from the start (their boxes must still be
+    finite numbers). Returns (indices (B, D), decayed scores (B, D), valid (B, D)).
     """
     B, K = scores.shape
     steps = min(max_detections, K)
     scores = scores.clone()
-    active = torch.ones_like(scores, dtype=torch.bool)
+    active = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid.clone()
     area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
     rows = torch.arange(B, device=scores.device)
     picked_idx, picked_score, picked_valid = [], [], []
@@ -119,11 +133,17 @@ def postprocess_detections(
     cfg: DetPostprocessConfig = DetPostprocessConfig(),
     box_coder: BoxCoder | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Per image: dict(boxes (D, 4) xyxy original px, scores (D,), labels (D,) int64)."""
+    """Per image: dict(boxes (D, 4) xyxy original px, scores (D,), labels (D,) int64, nonfinite (0-d
+    int64): the (anchor, class) candidates left out because their outputs were not finite)."""
     coder = box_coder or BoxCoder()
-    logits, codes, anchor_idx, classes = select_candidates(cls_outputs, box_outputs, num_classes, cfg.max_candidates)
+    logits, codes, anchor_idx, classes, nonfinite = select_candidates(
+        cls_outputs, box_outputs, num_classes, cfg.max_candidates)
     B = logits.shape[0]
     boxes = coder.decode(codes.float(), anchors[anchor_idx])
+    # finite codes can still decode to inf (exp of a huge size code): not a detection either
+    ok = torch.isfinite(logits) & torch.isfinite(boxes).all(-1)
+    nonfinite = (nonfinite + (torch.isfinite(logits) & ~ok).sum(1)).tolist()
+    boxes = boxes.masked_fill(~ok.unsqueeze(-1), 0.0)
     scale, pad, size = image_transforms(metas, B, image_size, boxes.device)
     boxes = to_original(boxes, scale, pad, size)
     scores = logits.float().sigmoid()
@@ -131,23 +151,26 @@ def postprocess_detections(
     results = []
     if cfg.nms == "soft_nms":
         keep, new_scores, valid = soft_nms(
-            boxes, scores, classes, cfg.soft_nms_sigma, cfg.soft_nms_score_threshold, cfg.max_detections)
+            boxes, scores, classes, cfg.soft_nms_sigma, cfg.soft_nms_score_threshold, cfg.max_detections, valid=ok)
         valid = valid & (new_scores >= cfg.score_threshold)
         rows = torch.arange(B, device=boxes.device).unsqueeze(1)
         kept_boxes, kept_classes = boxes[rows, keep], classes[rows, keep]
         for i in range(B):
             v = valid[i]
-            results.append(_det(kept_boxes[i][v], new_scores[i][v], kept_classes[i][v]))
+            results.append(_det(kept_boxes[i][v], new_scores[i][v], kept_classes[i][v], nonfinite[i]))
         return results
     # torchvision picks per-class loops or the coordinate-offset trick by size; one call per
     # image keeps its memory bounded (the CUDA kernel's mask is quadratic in the boxes given)
     for i in range(B):
-        keep = batched_nms(boxes[i], scores[i], classes[i], cfg.iou_threshold)[: cfg.max_detections]
+        b, s, c = boxes[i][ok[i]], scores[i][ok[i]], classes[i][ok[i]]
+        keep = batched_nms(b, s, c, cfg.iou_threshold)[: cfg.max_detections]
         if cfg.score_threshold > 0:
-            keep = keep[scores[i][keep] >= cfg.score_threshold]
-        results.append(_det(boxes[i][keep], scores[i][keep], classes[i][keep]))
+            keep = keep[s[keep] >= cfg.score_threshold]
+        results.append(_det(b[keep], s[keep], c[keep], nonfinite[i]))
     return results
 
 
-def _det(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"boxes": boxes.float(), "scores": scores.float(), "labels": labels.long()}
+def _det(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, nonfinite: int = 0) -> dict[str, torch.Tensor]:
+    # every value a tensor, like the rest of the record (callers move records with .cpu())
+    return {"boxes": boxes.float(), "scores": scores.float(), "labels": labels.long(),
+            "nonfinite": torch.tensor(int(nonfinite))}

@@ -7,6 +7,11 @@ sampled bilinearly at its exact input position, then the argmax is taken — res
 not labels, keeps boundaries smooth, and the result is scored against the untouched original
 mask. Sampling is clamped to the image's valid region, so padding never leaks into the edge
 pixels. With scale 1 this is a plain crop.
+
+A pixel whose class scores are not all finite has no class: it gets ``NO_CLASS`` (255 in uint8
+masks, -1 in int64 ones), never the argmax of NaNs (which would be class 0, a made-up answer).
+The evaluator counts such pixels as misses and refuses to score a model whose outputs were all
+non-finite; in a saved palette PNG they are void.
 """
 from __future__ import annotations
 
@@ -17,6 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ...datasets.io import IGNORE_INDEX
+
+
+#: label of a pixel without a finite prediction, by mask dtype (outside every class id)
+NO_CLASS = {torch.uint8: 255, torch.int64: -1}
 
 
 def _geometry(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[tuple[int, int], float, tuple[float, float]]:
@@ -31,9 +40,14 @@ def _geometry(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple
 def _valid_span(n: int, scale: float, pad: float, size: int) -> tuple[int, int]:
     # Input pixels whose centre u + 0.5 lies on the scaled image [pad, pad + n·scale): the
     # same rule the transforms use to decide which pixels are image and which are padding.
-    lo = math.ceil(pad - 0.5)
-    hi = math.ceil(n * scale + pad - 0.5)
-    return min(max(lo, 0), size), min(max(hi, 0), size)
+    lo = min(max(math.ceil(pad - 0.5), 0), size)
+    hi = min(max(math.ceil(n * scale + pad - 0.5), 0), size)
+    if hi <= lo:
+        # a side so thin once scaled (3 of 1000 pixels fit to 128: 0.38 px) that it covers no
+        # pixel centre: the one input pixel its middle lies in holds its prediction
+        lo = min(max(math.floor(pad + n * scale / 2), 0), size - 1)
+        hi = lo + 1
+    return lo, hi
 
 
 def valid_region(meta: dict[str, Any] | None, input_size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -60,12 +74,12 @@ def scores_to_masks(
     """(B, C, H, W) class scores at input size → per image (H0, W0) class indices at original size.
 
     ``scores`` are logits or probabilities (anything whose argmax is the class). The result is
-    uint8 when the classes fit in it (what palette PNGs store), else int64. Images that share
-    their geometry (the usual case within a batch) are resampled together.
+    uint8 when the classes and ``NO_CLASS`` fit in it (what palette PNGs store), else int64.
+    Images that share their geometry (the usual case within a batch) are resampled together.
     """
     b, c, h, w = scores.shape
     metas = list(metas) if metas is not None else [None] * b
-    dtype = torch.uint8 if c <= 256 else torch.int64
+    dtype = torch.uint8 if c < 256 else torch.int64
     groups: dict[tuple, list[int]] = {}
     for i, meta in enumerate(metas):
         groups.setdefault(_geometry(meta, (h, w)), []).append(i)
@@ -81,7 +95,7 @@ def scores_to_masks(
             x = F.grid_sample(
                 x.float(), grid.expand(len(idx), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
             )
-        labels = x.argmax(1).to(dtype)
+        labels = x.argmax(1).to(dtype).masked_fill_(~torch.isfinite(x).all(1), NO_CLASS[dtype])
         for j, i in enumerate(idx):
             out[i] = labels[j]
     return out

@@ -1,7 +1,7 @@
 """Per-pixel losses of the segmentation task (paper §5.2: a pixel classifier on BiFPN P2).
 
-Cross-entropy with the void label ignored is the default; Dice, Lovász-softmax and focal
-terms come from ``segmentation_models_pytorch.losses`` and are combined by weight.
+Cross-entropy with the void label ignored is the default; Dice, Lovász-softmax, focal and
+Tversky terms come from ``segmentation_models_pytorch.losses`` and are combined by weight.
 
 Targets are the batch's ``mask`` list (int64 (H, W) at the input size, ``None`` for a sample
 without a segmentation annotation). Such samples become all-void, so they add nothing; when
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
+from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss, TverskyLoss
 from torch import nn
 
 from .config import SegLossConfig
@@ -63,7 +63,12 @@ class SegmentationLoss(nn.Module):
                     "multiclass", ignore_index=ignore_index, per_image=self.cfg.lovasz_per_image
                 )
             elif name == "focal":
-                self.terms[name] = FocalLoss("multiclass", ignore_index=ignore_index, gamma=self.cfg.focal_gamma)
+                self.terms[name] = FocalLoss("multiclass", ignore_index=ignore_index, gamma=self.cfg.focal_gamma,
+                                             alpha=self.cfg.focal_alpha)
+            elif name == "tversky":
+                c = self.cfg
+                self.terms[name] = TverskyLoss("multiclass", ignore_index=ignore_index, alpha=c.tversky_alpha,
+                                               beta=c.tversky_beta, gamma=c.tversky_gamma)
 
     def forward(
         self, logits: torch.Tensor, masks: Sequence[torch.Tensor | None] | None

@@ -24,6 +24,7 @@ from .config import SegmentationConfig
 from .evaluator import SegmentationEvaluator
 from .inference import input_masks, scores_to_masks
 from .loss import SegmentationLoss
+from .paper_metrics import PaperSegMetrics
 
 
 @register_task("seg")
@@ -81,7 +82,8 @@ class SegmentationTask(Task):
         """mIoU evaluator; class names from the dataset's annotation when given.
 
         With ``save_eval_masks`` and an ``output_dir`` every prediction is also written there as
-        a VOC palette PNG named after its image.
+        a VOC palette PNG named after its image. With ``eval.paper_protocol`` a driving paper's
+        figures are reported beside the standard ones (paper_metrics.py).
         """
         names = self.class_names
         dataset_names = (getattr(dataset, "class_names", None) or {}).get(self.source) if dataset is not None else None
@@ -93,7 +95,25 @@ class SegmentationTask(Task):
                 )
             names = list(dataset_names)
         out = output_dir if self.config.save_eval_masks else None
-        return SegmentationEvaluator(self.num_classes, names, self.ignore_index, out, annotation=self.source)
+        return SegmentationEvaluator(self.num_classes, names, self.ignore_index, out, annotation=self.source,
+                                     paper=self._paper_metrics(names))
+
+    def _paper_metrics(self, names: list[str] | None) -> PaperSegMetrics | None:
+        e = self.config.eval
+        if e.paper_protocol == "none":
+            return None
+        names = list(names) if names is not None else [f"class_{i}" for i in range(self.num_classes)]
+        if e.paper_class is None:
+            index = self.num_classes - 1
+        elif isinstance(e.paper_class, int):
+            index = e.paper_class
+        elif e.paper_class in names:
+            index = names.index(e.paper_class)
+        else:
+            raise ConfigError(f"{self.name}.eval.paper_class={e.paper_class!r} is not one of the classes {names}")
+        if not 0 <= index < self.num_classes:
+            raise ConfigError(f"{self.name}.eval.paper_class={index} is outside the class indices 0..{self.num_classes - 1}")
+        return PaperSegMetrics(e.paper_protocol, self.num_classes, index, names[index], self.ignore_index)
 
     # ------------------------------------------------------------------ outputs for people and runtimes
     def record(self, prediction: torch.Tensor, *, score_threshold: float = 0.0,

@@ -3,7 +3,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from multitask_edet.tasks.segmentation import SegmentationEvaluator
+import pytest
+
+from multitask_edet.tasks.segmentation import PaperSegMetrics, SegmentationEvaluator
 
 C = 5
 
@@ -23,12 +25,15 @@ def _worker(rank, world, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         ev = SegmentationEvaluator(C)
+        paper = PaperSegMetrics("hybridnets", C, 1, "c1")
         for pred, gt in make_data()[rank::world]:
             ev.accumulate(pred, gt)
-        ev.sync()
-        ev.sync()  # idempotent: a second call must not add the counts twice
+            paper.update([pred], [gt])
+        for _ in range(2):  # idempotent: a second call must not add the counts twice
+            ev.sync()
+            paper.sync()
         if rank == 0:
-            torch.save({"cm": ev.confusion_matrix, "metrics": ev.compute()}, out_file)
+            torch.save({"cm": ev.confusion_matrix, "metrics": ev.compute(), "paper": paper.compute()}, out_file)
     finally:
         dist.destroy_process_group()
 
@@ -42,6 +47,10 @@ def test_sync_over_two_processes_equals_single_process(tmp_path):
         ref.accumulate(pred, gt)
     assert torch.equal(got["cm"], ref.confusion_matrix)
     assert got["metrics"] == ref.compute()
+    paper = PaperSegMetrics("hybridnets", C, 1, "c1")
+    for pred, gt in make_data():
+        paper.update([pred], [gt])
+    assert got["paper"] == pytest.approx(paper.compute(), rel=1e-12)
     # each process alone saw only part of the pixels
     half = SegmentationEvaluator(C)
     for pred, gt in make_data()[0::2]:

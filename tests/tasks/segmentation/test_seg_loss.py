@@ -48,7 +48,8 @@ def test_weights_scale_terms():
     assert two.item() == pytest.approx(2 * one.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("names", [("dice",), ("lovasz",), ("focal",), ("ce", "dice"), ("ce", "dice", "lovasz", "focal")])
+@pytest.mark.parametrize("names", [("dice",), ("lovasz",), ("focal",), ("tversky",), ("ce", "dice"),
+                                   ("ce", "dice", "lovasz", "focal", "tversky")])
 def test_combinations_are_finite_and_positive(names):
     logits, masks = logits_and_masks()
     masks[0][0] = V
@@ -61,7 +62,8 @@ def test_combinations_are_finite_and_positive(names):
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("names", [("ce",), ("dice",), ("lovasz",), ("focal",), ("ce", "dice", "lovasz", "focal")])
+@pytest.mark.parametrize("names", [("ce",), ("dice",), ("lovasz",), ("focal",), ("tversky",),
+                                   ("ce", "dice", "lovasz", "focal", "tversky")])
 def test_all_void_masks_give_zero_finite_loss_and_grads(names):
     # smp alone returns NaN (focal) or an empty tensor (Lovász) here
     logits, _ = logits_and_masks()
@@ -93,8 +95,12 @@ def test_masks_larger_than_logits_supervise_upsampled_logits():
 
 
 def test_unknown_or_empty_loss_config_is_a_config_error():
-    with pytest.raises(ConfigError, match="valid names: ce, dice, lovasz, focal"):
-        SegLossConfig(weights={"ce": 1.0, "tversky": 1.0})
+    with pytest.raises(ConfigError, match="valid names: ce, dice, lovasz, focal, tversky"):
+        SegLossConfig(weights={"ce": 1.0, "tverski": 1.0})
+    with pytest.raises(ConfigError, match="tversky_gamma must be > 0"):
+        SegLossConfig(weights={"tversky": 1.0}, tversky_gamma=0)
+    with pytest.raises(ConfigError, match="focal_alpha must be in"):
+        SegLossConfig(weights={"focal": 1.0}, focal_alpha=1.5)
     with pytest.raises(ConfigError, match="seg.loss.wieghts"):
         SegmentationTask({"loss": {"wieghts": {"ce": 1.0}}})
     with pytest.raises(ConfigError, match="empty"):
@@ -110,3 +116,38 @@ def test_task_loss_reads_batch_masks():
     ref = SegmentationLoss(SegLossConfig(weights={"ce": 1.0, "dice": 0.5}))(logits, masks)
     assert out.keys() == ref.keys()
     assert all(torch.equal(out[k], ref[k]) for k in out)
+
+
+def test_tversky_by_hand_with_its_false_positive_and_negative_weights():
+    """(mean over classes of 1 - TP / (TP + α·FP + β·FN), soft counts from softmax)^γ."""
+    logits, masks = logits_and_masks(b=1, c=2, h=4, w=4)
+    masks[0][:] = 0
+    masks[0][1, :] = 1  # a thin "lane" row
+    cfg = SegLossConfig(weights={"tversky": 1.0}, tversky_alpha=0.3, tversky_beta=0.7, tversky_gamma=4 / 3)
+    got = SegmentationLoss(cfg)(logits, masks)["seg_tversky"]
+    p = logits.detach().softmax(1)[0]
+    terms = []
+    for c in range(2):
+        t = (masks[0] == c).float()
+        tp, fp, fn = (p[c] * t).sum(), (p[c] * (1 - t)).sum(), ((1 - p[c]) * t).sum()
+        terms.append(1 - tp / (tp + 0.3 * fp + 0.7 * fn))
+    assert got.item() == pytest.approx(torch.stack(terms).mean().item() ** (4 / 3), rel=1e-4)
+    # α weighs the false positives: the same logits with α and β swapped give the swapped value
+    swapped = SegLossConfig(weights={"tversky": 1.0}, tversky_alpha=0.7, tversky_beta=0.3, tversky_gamma=4 / 3)
+    other = SegmentationLoss(swapped)(logits, masks)["seg_tversky"]
+    terms = []
+    for c in range(2):
+        t = (masks[0] == c).float()
+        tp, fp, fn = (p[c] * t).sum(), (p[c] * (1 - t)).sum(), ((1 - p[c]) * t).sum()
+        terms.append(1 - tp / (tp + 0.7 * fp + 0.3 * fn))
+    assert other.item() == pytest.approx(torch.stack(terms).mean().item() ** (4 / 3), rel=1e-4)
+    assert abs(other.item() - got.item()) > 1e-3
+
+
+def test_focal_alpha_weighs_positive_and_negative_terms():
+    logits, masks = logits_and_masks()
+    plain = SegmentationLoss(SegLossConfig(weights={"focal": 1.0}))(logits, masks)["seg_focal"]
+    half = SegmentationLoss(SegLossConfig(weights={"focal": 1.0}, focal_alpha=0.5))(logits, masks)["seg_focal"]
+    assert half.item() == pytest.approx(plain.item() / 2, rel=1e-5)  # α·t + (1-α)(1-t) = 1/2 everywhere
+    low = SegmentationLoss(SegLossConfig(weights={"focal": 1.0}, focal_alpha=0.1))(logits, masks)["seg_focal"]
+    assert low.item() != pytest.approx(half.item(), rel=1e-3)
