@@ -69,7 +69,8 @@ def settings(name: str) -> dict:
     return {"lr": t.lr, "backbone_lr_mult": t.lr_mult.get("backbone", 1.0), "bn_momentum": t.bn_momentum,
             "weight_decay": t.weight_decay, "ema_decay": t.ema_decay, "clip": t.clip_grad_norm,
             # the recipe's trunk widths apply to our model (smp's decoder is smp's)
-            "neck": dict(cfg.model.neck), "seg": dict(cfg.model.seg), "backbone": {}}
+            "neck": dict(cfg.model.neck), "backbone": {},
+            "seg": {k: v for k, v in cfg.task_sections.get("seg", {}).items() if k in ("channels", "repeats", "level")}}
 
 
 def apply_overrides(s: dict, items: list[str]) -> dict:
@@ -118,7 +119,8 @@ class Smp(nn.Module):
         cls = {"fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus}[arch]
         self.net = cls(encoder_name=f"tu-{ENCODER}", encoder_weights=None, classes=num_classes)
         if weights:
-            from multitask_edet.models.backbone import check_backbone_weights, read_state_dict
+            from multitask_edet.models.backbone import check_backbone_weights
+            from multitask_edet.state_dict import read_state_dict
 
             body = self.net.encoder.model
             sd = read_state_dict(weights)
@@ -160,7 +162,7 @@ def miou(model: nn.Module, val, num_classes: int, mean, std, batch: int = 8) -> 
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for b in torch.utils.data.DataLoader(val, batch_size=batch, collate_fn=collate):
         pred = model(normalize(b["images"], mean, std)).argmax(1)
-        target = torch.stack(b["mask"])
+        target = torch.stack(b["seg"]).long()
         keep = target != 255
         conf += torch.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes**2).view(num_classes, -1)
     inter = conf.diag().float()
@@ -206,7 +208,7 @@ def train_one(spec: str, args, train, val, num_classes: int) -> dict:
     for step in range(1, args.steps + 1):
         model.train()
         b = next(it)
-        loss = sum(loss_fn(model(normalize(b["images"], mean, std)), b["mask"]).values())
+        loss = sum(loss_fn(model(normalize(b["images"], mean, std)), b["seg"]).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if s["clip"]:
@@ -282,7 +284,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     results = []
     if args.runs:
-        tf_train = train_transforms(args.size, ("seg",), scale_range=(0.5, 2.0), hflip=0.5)
+        tf_train = train_transforms(args.size, ("mask",), scale_range=(0.5, 2.0), hflip=0.5)
         train = build_dataset(args.data, args.root, "train", ("seg",), tf_train)
         val = build_dataset(args.data, args.root, "val", ("seg",), eval_transforms(args.size))
         num_classes = len(train.class_names["seg"])
