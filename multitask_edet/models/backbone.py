@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, WeightsUnavailableError
-from ..state_dict import key_report
+from ..state_dict import key_report, read_state_dict
 from .layers import resample, use_adaptive_silu
 
 log = logging.getLogger(__name__)
@@ -131,23 +131,16 @@ def _read_backbone_file(path: str | Path, name: str) -> tuple[Path, dict[str, to
     A file in efficientnet_pytorch / smp naming is converted to timm's names once and cached
     (compat/efficientnet_pytorch.py); a timm checkpoint is used as it is.
     """
-    from timm.models import load_state_dict
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"backbone weights file {path} does not exist (model.backbone.weights)")
-    try:
-        sd = load_state_dict(str(path))  # the reader timm's own pretrained loading uses
-    except Exception as e:  # corrupt file, pickled code, unknown format
-        raise CheckpointError(f"cannot read backbone weights {path}: {e}") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"backbone weights {path} do not hold a state dict of tensors")
+    sd = read_state_dict(path)  # a CheckpointError that says how the file is bad
     from ..compat.efficientnet_pytorch import converted_backbone_file, is_efficientnet_pytorch_state_dict
 
     if is_efficientnet_pytorch_state_dict(sd):
         converted = converted_backbone_file(path, name.split(".")[0])
         log.info("backbone weights %s are in efficientnet_pytorch naming: converted for timm into %s", path, converted)
-        return converted, load_state_dict(str(converted))
+        return converted, read_state_dict(converted)
     return path, sd
 
 
