@@ -26,6 +26,7 @@ _API = {
     "ExportGeometry": "multitask_edet.tasks",
     "build_task": "multitask_edet.tasks",
     "build_model_tasks": "multitask_edet.models.factory",
+    "coco_detector": "multitask_edet.models.factory",
     "register_dataset": "multitask_edet.datasets",
     "register_weighting": "multitask_edet.engine.weighting",
     "model_info": "multitask_edet.models.info",

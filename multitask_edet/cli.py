@@ -94,6 +94,29 @@ def _tasks(text: str) -> list[str]:
     return tasks
 
 
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """--checkpoint SOURCE, or --model NAME --weights coco for a published COCO detector."""
+    p.add_argument("--checkpoint", metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or "
+                   "save_pretrained folder, a Hugging Face Hub repository id (owner/name), or effdet:NAME")
+    p.add_argument("--model", metavar="NAME", help="with --weights coco: a COCO-trained detector effdet published, "
+                   "e.g. tf_efficientdet-d0 … tf_efficientdet-d7x, efficientdet-d0 (fetched once into torch.hub's cache)")
+    p.add_argument("--weights", choices=["coco"], help="the weights of --model: coco (80 COCO classes, no training)")
+
+
+def _model_source(args: argparse.Namespace) -> str:
+    """The model source of --checkpoint, or ``effdet:NAME`` for --model NAME --weights coco."""
+    if args.checkpoint and (args.model or args.weights):
+        raise ConfigError("give either --checkpoint SOURCE or --model NAME --weights coco, not both")
+    if args.checkpoint:
+        return args.checkpoint
+    if args.model and args.weights:
+        from .compat.effdet_weights import PREFIX
+
+        return PREFIX + args.model
+    raise ConfigError("which model? --checkpoint SOURCE (a checkpoint, run folder, Hub repository id), or "
+                      "--model NAME --weights coco for a COCO-trained detector, e.g. --model tf_efficientdet-d0 --weights coco")
+
+
 def _recipes() -> str:
     # read the folder directly: importing the engine (torch) would make --help slow
     folder = Path(__file__).parent / "configs"
@@ -182,7 +205,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     ensure_writable_dir(args.out, create=False)
     records = run_prediction(
-        args.checkpoint, args.inputs, args.out, batch_size=args.batch_size, device=args.device,
+        _model_source(args), args.inputs, args.out, batch_size=args.batch_size, device=args.device,
         score_threshold=args.score_threshold, overlays=not args.no_overlay, overrides=parse_overrides(args.set),
     )  # fmt: skip
     print(f"wrote predictions for {len(records)} image(s) to {args.out}")
@@ -198,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     ensure_writable_dir(Path(args.out).parent, create=False)
     desc = export_onnx(
-        args.checkpoint, args.out, end_to_end=args.end_to_end, image_size=args.image_size,
+        _model_source(args), args.out, end_to_end=args.end_to_end, image_size=args.image_size,
         batch_size=args.batch_size, dynamic_batch=args.dynamic_batch, dynamic_size=args.dynamic_size,
         opset=args.opset, check=not args.no_check, overrides=parse_overrides(args.set),
     )  # fmt: skip
@@ -233,7 +256,7 @@ def _export_program(args: argparse.Namespace) -> int:
     if args.end_to_end:
         raise ConfigError("--end-to-end exports to ONNX only (torch.export cannot capture NMS: torchvision's batched_nms "
                           "branches on a data-dependent size); drop --end-to-end or use --format onnx")
-    desc = export_program(args.checkpoint, args.out, image_size=args.image_size, dynamic_size=args.dynamic_size,
+    desc = export_program(_model_source(args), args.out, image_size=args.image_size, dynamic_size=args.dynamic_size,
                           check=not args.no_check, overrides=parse_overrides(args.set))
     out = Path(args.out).with_suffix(".pt2")
     print(f"wrote {out}, {out.with_suffix('.json')}; load it with torch.export.load('{out}').module()")
@@ -267,6 +290,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ensure_writable_dir(Path(args.dst).parent, create=False)
     sd = convert_effdet_file(args.src, args.dst, args.model)
     print(f"wrote {args.dst} ({len(sd)} tensors) for {args.model}")
+    return 0
+
+
+def cmd_convert_backbone(args: argparse.Namespace) -> int:
+    from .compat.efficientnet_pytorch import convert_efficientnet_pytorch_file
+
+    sd = convert_efficientnet_pytorch_file(args.src, args.dst, args.backbone)
+    print(f"wrote {args.dst} ({len(sd)} tensors, timm naming) for {args.backbone}")
     return 0
 
 
@@ -397,9 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="run a checkpoint on images: JSON, class-index PNG mask, overlay PNG",
         description="Predict on image files or folders. Per image: <name>.json (boxes in original pixels with class "
         "names and scores; classes of the mask), <name>_mask.png (class indices as a palette PNG) and "
-        "<name>_overlay.png (coloured mask, boxes and labels).",
+        "<name>_overlay.png (coloured mask, boxes and labels). Boxes on your photos without training: "
+        "--model tf_efficientdet-d0 --weights coco (a COCO-trained detector, fetched once into torch.hub's cache).",
     )  # fmt: skip
-    pr.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
+    _add_model_source(pr)
     pr.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders of images")
     pr.add_argument("--out", required=True, metavar="DIR", help="output folder")
     pr.add_argument("--batch-size", type=_positive_int, default=4, metavar="N", help="images per forward pass (default 4)")
@@ -423,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict gives them) and at the input size; OUT.json says how to letterbox. The export is checked against "
         "PyTorch with onnxruntime.",
     )  # fmt: skip
-    ex.add_argument("--checkpoint", required=True, metavar="SOURCE", help="a checkpoint (last.pt, best.pt, model.safetensors), a run or save_pretrained folder, or a Hugging Face Hub repository id (owner/name)")
+    _add_model_source(ex)
     ex.add_argument("--format", choices=["onnx", "pt2"], default="onnx",
                     help="onnx (default) or pt2: the network as a torch.export ExportedProgram (torch.export.save)")
     ex.add_argument("out", metavar="OUT", help="output file (.onnx or .pt2)")
@@ -476,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("dst", metavar="OUT", help="output .safetensors file")
     c.add_argument("--model", required=True, help="our variant the weights are for, e.g. tf_efficientdet-d0")
     c.set_defaults(func=cmd_convert)
+
+    # -- convert-backbone
+    cb = sub.add_parser("convert-backbone", help="convert EfficientNet weights in efficientnet_pytorch/smp naming to timm's",
+                        description="Map an efficientnet_pytorch or smp efficientnet-b* checkpoint (_blocks.N._depthwise_conv"
+                        "…) onto timm's names by structure, checked by shape; load the result with "
+                        "--set model.backbone.weights=OUT (such files are also converted automatically there).")
+    cb.add_argument("src", metavar="IN", help="checkpoint in efficientnet_pytorch naming (.pth/.safetensors)")
+    cb.add_argument("dst", metavar="OUT", help="output .safetensors file (timm naming)")
+    cb.add_argument("--backbone", required=True, help="timm model, e.g. tf_efficientnet_b3 or tf_efficientnet_lite0")
+    cb.set_defaults(func=cmd_convert_backbone)
 
     # -- data
     d = sub.add_parser("data", help="dataset tools: check a dataset, write the sample dataset",

@@ -17,7 +17,13 @@ from .registry import Registry
 class BackboneConfig:
     #: any timm model that supports ``features_only`` (``tf_`` EfficientNets use TF SAME padding)
     name: str = "efficientnet_b0"
-    #: local checkpoint of the backbone's weights (timm state dict, .pth/.safetensors); never downloaded
+    #: ImageNet weights through timm (Hugging Face Hub + its cache); false = random initialisation
+    pretrained: bool = False
+    #: which of timm's weights for ``name``: a tag ("aa_in1k") or "ARCH.TAG" for the weights of an
+    #: architecture with the same tensors; None = timm's default tag
+    pretrained_tag: str | None = None
+    #: a local checkpoint instead of the Hub (timm state dict .safetensors/.pth/pytorch_model.bin, or
+    #: efficientnet_pytorch / smp naming, converted on load); loaded whatever ``pretrained`` says
     weights: str | None = None
     drop_path_rate: float = 0.2
 
@@ -90,6 +96,23 @@ _TABLE1 = {
 }
 
 
+#: timm's ImageNet weights per backbone (``BackboneConfig.pretrained_tag``). The tf_ backbones take
+#: the TF-trained AutoAugment checkpoints the paper's EfficientDets start from (§4.1, §5.1); the
+#: PyTorch-padded ones timm's own trainings, and for B6/B7, where timm has none, the same TF
+#: weights (identical tensors; only the padding differs, which fine-tuning absorbs).
+PRETRAINED_TAGS = {
+    "efficientnet_b0": "ra_in1k",
+    "efficientnet_b1": "ft_in1k",
+    "efficientnet_b2": "ra_in1k",
+    "efficientnet_b3": "ra2_in1k",
+    "efficientnet_b4": "ra2_in1k",
+    "efficientnet_b5": "sw_in12k_ft_in1k",
+    "efficientnet_b6": "tf_efficientnet_b6.aa_in1k",
+    "efficientnet_b7": "tf_efficientnet_b7.aa_in1k",
+    **{f"tf_efficientnet_b{i}": "aa_in1k" for i in range(8)},
+}
+
+
 def _efficientdet(variant: str, tf: bool) -> ModelConfig:
     b, size, width, depth, head_depth = _TABLE1[variant]
     big = variant in ("d6", "d7", "d7x")
@@ -100,6 +123,7 @@ def _efficientdet(variant: str, tf: bool) -> ModelConfig:
         # The reference trains its PyTorch-padded D0 with drop-path 0.1, everything else 0.2.
         backbone=BackboneConfig(
             name=f"{prefix}efficientnet_b{b}",
+            pretrained_tag=PRETRAINED_TAGS[f"{prefix}efficientnet_b{b}"],
             drop_path_rate=0.1 if variant == "d0" and not tf else 0.2,
         ),
         neck=NeckConfig(
@@ -132,7 +156,7 @@ for _v in _TABLE1:
 register_model_config(
     ModelConfig(
         name="efficientdet-d4-seg",
-        backbone=BackboneConfig(name="efficientnet_b4", drop_path_rate=0.2),
+        backbone=BackboneConfig(name="efficientnet_b4", pretrained_tag=PRETRAINED_TAGS["efficientnet_b4"], drop_path_rate=0.2),
         neck=NeckConfig(channels=128, repeats=3, fusion="fast", min_level=2, max_level=7),
         tasks={"seg": {}},
         task_defaults={"seg": {"num_classes": 21, "channels": 256, "repeats": 3, "level": 2},
@@ -149,7 +173,7 @@ register_model_config(
 register_model_config(
     ModelConfig(
         name="efficientdet-d3-bdd",
-        backbone=BackboneConfig(name="efficientnet_b3", drop_path_rate=0.2),
+        backbone=BackboneConfig(name="efficientnet_b3", pretrained_tag=PRETRAINED_TAGS["efficientnet_b3"], drop_path_rate=0.2),
         neck=NeckConfig(channels=160, repeats=6, fusion="fast", max_level=7),
         tasks={"det": {"num_classes": 10}, "drivable": {"type": "seg", "num_classes": 2},
                "lane": {"type": "seg", "num_classes": 2}},

@@ -17,6 +17,10 @@ class CheckpointError(MtedetError, ValueError):
     """A checkpoint with missing/unexpected keys or of the wrong model."""
 
 
+class WeightsUnavailableError(MtedetError, RuntimeError):
+    """Pretrained weights that are neither in the local cache nor reachable (offline, no file)."""
+
+
 class NonFiniteError(MtedetError, ArithmeticError):
     """NaN or inf where a number was needed: a loss, gradients, weights, or a model's outputs.
 

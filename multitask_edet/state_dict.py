@@ -32,6 +32,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"cannot read checkpoint {path}: not a readable safetensors file ({e})") from None
     else:
         sd = load_weights_only(path, "cpu", "checkpoint")
+    return unwrap_state_dict(sd, path)
+
+
+def unwrap_state_dict(sd, path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint: ``{"state_dict": …}``-style wrappers and a
+    DistributedDataParallel ``module.`` prefix removed; anything else is a CheckpointError.
+
+    ``path`` names the file in the error (a local path, or a download's source and cache file).
+    """
     for key in ("model", "state_dict", "state_dict_ema", "model_ema"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

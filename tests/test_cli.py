@@ -21,7 +21,8 @@ def _subparsers(parser):
                     yield f"{name} {inner}", subsub
 
 
-COMMANDS = ["train", "eval", "predict", "export", "push", "info", "convert-effdet", "data", "data check", "data sample", "demo"]
+COMMANDS = ["train", "eval", "predict", "export", "push", "info", "convert-effdet", "convert-backbone", "data",
+            "data check", "data sample", "demo"]
 
 
 def test_every_command_is_listed_in_the_top_help(capsys):
@@ -29,7 +30,7 @@ def test_every_command_is_listed_in_the_top_help(capsys):
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for cmd in ["train", "eval", "predict", "export", "push", "info", "convert-effdet", "data", "demo"]:
+    for cmd in ["train", "eval", "predict", "export", "push", "info", "convert-effdet", "convert-backbone", "data", "demo"]:
         assert f"\n    {cmd}" in text, cmd
     assert sorted(name for name, _ in _subparsers(build_parser())) == sorted(COMMANDS)
 

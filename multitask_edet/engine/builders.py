@@ -174,13 +174,17 @@ def build_data(cfg: ExperimentConfig) -> Data:
 
 # ---------------------------------------------------------------------------- model and tasks
 
-def build_model(cfg: ExperimentConfig, class_names: Mapping[str, Sequence[str]], checkpoint: str | None = None) -> nn.Module:
+def build_model(cfg: ExperimentConfig, class_names: Mapping[str, Sequence[str]], checkpoint: str | None = None,
+                initial_weights: bool = True) -> nn.Module:
     """The run's network: the variant with the config's overrides, a head per task (options from
-    its section, class count from the dataset), initial weights from ``model.checkpoint``."""
-    ckpt = checkpoint if checkpoint is not None else cfg.model.checkpoint
+    its section, class count from the dataset), initial weights from ``model.checkpoint`` and the
+    backbone's ``pretrained``/``weights``. ``initial_weights=False``: none of these is read (no
+    network, no file) — for a model whose every weight is loaded next (resumed, trained)."""
+    ckpt = checkpoint if checkpoint is not None else (cfg.model.checkpoint if initial_weights else None)
     strict = checkpoint is not None or cfg.model.checkpoint_strict
     tasks = {t: dict(cfg.task_sections.get(t, {})) for t in cfg.tasks}
-    return create_model(cfg.model_config(), tasks=tasks, checkpoint=ckpt, strict=strict, class_names=class_names)
+    return create_model(cfg.model_config(), tasks=tasks, checkpoint=ckpt, strict=strict, class_names=class_names,
+                        initial_weights=initial_weights)
 
 
 def build_tasks(model: nn.Module, class_names: Mapping[str, Sequence[str]]) -> dict[str, Task]:
@@ -190,7 +194,8 @@ def build_tasks(model: nn.Module, class_names: Mapping[str, Sequence[str]]) -> d
 
 def build_optimizer(cfg: ExperimentConfig, model: nn.Module, weighting, lr: float) -> torch.optim.Optimizer:
     t = cfg.train
-    groups = build_param_groups(model, lr, t.weight_decay, t.no_decay_bn_bias, t.lr_mult)
+    # parts held by train.freeze_steps get groups of their own (engine/finetune.py sets their rate)
+    groups = build_param_groups(model, lr, t.weight_decay, t.no_decay_bn_bias, t.lr_mult, own_groups=t.freeze_steps)
     groups += weighting.param_groups(lr)
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=t.momentum)
@@ -244,7 +249,7 @@ def load_trained(path: str | Path, overrides: Mapping[str, Any] | None = None, d
     no_init = {"model": {"checkpoint": None, "backbone": {"weights": None}}}
     cfg = config_from_dict(deep_merge(deep_merge(saved, dict(overrides or {})), no_init))
     class_names = {k: list(v) for k, v in (info.get("class_names") or {}).items()}
-    model = build_model(cfg, class_names)
+    model = build_model(cfg, class_names, initial_weights=False)
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
@@ -262,12 +267,17 @@ def load_for_inference(source: str | Path, overrides: Mapping[str, Any] | None =
 
     ``source`` is one of: a training checkpoint (``last.pt``/``best.pt``), a ``model.safetensors``
     file, a run folder (its release weights; best.pt, else last.pt, before the run has finished)
-    or a ``save_pretrained`` folder, or a Hugging Face Hub repository id
-    (``owner/name``, fetched into the Hub cache; multitask_edet/hub.py ``locate``). ``overrides``
-    change the saved config as in ``load_trained`` (without a run config: task options only).
+    or a ``save_pretrained`` folder, a Hugging Face Hub repository id
+    (``owner/name``, fetched into the Hub cache; multitask_edet/hub.py ``locate``), or
+    ``effdet:NAME``, a COCO detector effdet published (``effdet:tf_efficientdet_d0``; fetched
+    into torch.hub's cache, compat/effdet_weights.py). ``overrides`` change the saved config as
+    in ``load_trained`` (without a run config: task options only).
     """
     from .. import hub
+    from ..compat.effdet_weights import PREFIX
 
+    if isinstance(source, str) and source.startswith(PREFIX):
+        return _published_detector(source, overrides, device)
     path = hub.locate(source)
     if path.is_dir() and not (path / hub.WEIGHTS_FILE).is_file():
         # a run folder whose run has not finished: its best, else its last checkpoint
@@ -280,6 +290,20 @@ def load_for_inference(source: str | Path, overrides: Mapping[str, Any] | None =
     info = _task_overrides(info, overrides, source)
     sd, _ = load_weights(hub.weights_file(path))
     model = MultiTaskEfficientDet.build_pretrained(info, sd, str(source)).to(device)
+    return Trained(None, model, build_tasks(model, model.class_names), dict(model.class_names))
+
+
+def _published_detector(source: str, overrides: Mapping[str, Any] | None, device: str | torch.device) -> Trained:
+    """``effdet:NAME``: a published COCO detector, no training config (its ``det`` options may change)."""
+    from ..models.factory import coco_detector
+
+    options = dict(overrides or {})
+    det = dict(options.pop("det", None) or {})
+    other = sorted(k for k, v in options.items() if v)
+    if other:
+        raise ConfigError(f"{source} is a published COCO detector without a training config: only its det options "
+                          f"can be changed, not {', '.join(other)}")
+    model, _ = coco_detector(source, device, **det)
     return Trained(None, model, build_tasks(model, model.class_names), dict(model.class_names))
 
 

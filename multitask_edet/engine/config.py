@@ -127,6 +127,16 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
     #: per-part learning-rate multipliers, e.g. {backbone: 0.1}
     lr_mult: dict[str, float] = field(default_factory=dict)
+    #: parts held still (learning rate 0, BN statistics frozen) for their first N steps, e.g.
+    #: {backbone: 500}: fresh BiFPN and heads settle before the pretrained backbone moves
+    freeze_steps: dict[str, int] = field(default_factory=dict)
+    #: parts whose BatchNorm layers stay frozen (eval statistics, fixed affine) for the whole run,
+    #: e.g. [backbone] with pretrained weights and small per-GPU batches
+    frozen_bn: list[str] = field(default_factory=list)
+    #: momentum of every BatchNorm's running statistics (PyTorch convention); None = as built: 0.01 in
+    #: the BiFPN and heads (TF's 0.99, for long schedules), timm's 0.1 in the backbone. Short
+    #: fine-tunings want 0.1, or eval-mode statistics lag behind the weights
+    bn_momentum: float | None = None
 
 
 @dataclass
@@ -328,6 +338,11 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"eval.max_images must be >= 1 or null, got {cfg.eval.max_images}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if t.bn_momentum is not None and not 0 < t.bn_momentum <= 1:
+        raise ConfigError(f"train.bn_momentum must be in (0, 1] or null, got {t.bn_momentum}")
+    bad = {k: v for k, v in t.freeze_steps.items() if not isinstance(v, int) or v < 0}
+    if bad:
+        raise ConfigError(f"train.freeze_steps values must be step counts >= 0, got {bad}")
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {cfg.data.workers}")
     if cfg.model.image_size is not None and min(cfg.model.image_size) <= 0:

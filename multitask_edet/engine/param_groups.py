@@ -119,14 +119,17 @@ def build_param_groups(
     weight_decay: float,
     no_decay_bn_bias: bool = True,
     lr_mult: Mapping[str, float] | None = None,
+    own_groups: Iterable[str] = (),
 ) -> list[dict]:
     """Optimizer groups: one per (lr-multiplied part, decay or not); frozen params left out.
 
     Each group carries ``lr`` (= base_lr × multiplier), ``weight_decay``, ``lr_mult`` and a
-    ``name``; LR schedulers that scale every group's initial lr keep the ratios.
+    ``name`` (``"<part>/decay"``); LR schedulers that scale every group's initial lr keep the
+    ratios. ``own_groups``: parts that get groups of their own even at multiplier 1 (so that a
+    hook can set their rate, engine/finetune.py).
     """
     model = unwrap(model)
-    mults: dict[str, float] = {}
+    mults: dict[str, float] = {canonical_part(model, part): 1.0 for part in own_groups}
     for part, m in (lr_mult or {}).items():
         if not (isinstance(m, (int, float)) and m >= 0):
             raise ConfigError(f"train.lr_mult.{part} must be a number >= 0, got {m!r}")

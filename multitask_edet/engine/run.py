@@ -34,6 +34,7 @@ from .distributed import (
     is_main_process, resolve_device, unwrap, wrap_model,
 )  # fmt: skip
 from .evaluate import evaluate
+from .finetune import FreezeStepsHook, freeze_batch_norm, set_bn_momentum
 from .hooks import CheckpointHook, EMAHook, EvalHook, LRSchedulerHook, MetricsLogger
 from .param_groups import apply_freeze, frozen_tasks
 from .reports import format_skipped
@@ -121,10 +122,13 @@ def _run(cfg: ExperimentConfig, resume: str | Path | None, info: DistInfo, devic
     seed_everything(cfg.train.seed)
 
     data = build_data(cfg)
-    model = build_model(cfg, data.class_names).to(device)
+    # a resumed run loads every weight from its checkpoint: no initial weights to fetch or read
+    model = build_model(cfg, data.class_names, initial_weights=resume is None).to(device)
     tasks = build_tasks(model, data.class_names)
     model = convert_sync_bn(model, device) if cfg.train.sync_bn else model
     apply_freeze(model, cfg.train.freeze)
+    set_bn_momentum(model, cfg.train.bn_momentum)
+    freeze_batch_norm(model, cfg.train.frozen_bn)
     loss_tasks = [t for t in cfg.tasks if t not in frozen_tasks(model, cfg.train.freeze)]
     if not loss_tasks:
         raise ConfigError(f"train.freeze {cfg.train.freeze} freezes every task's head: nothing would be trained")
@@ -164,6 +168,7 @@ def _run(cfg: ExperimentConfig, resume: str | Path | None, info: DistInfo, devic
         print(f"training {'+'.join(cfg.tasks)} on {cfg.data.dataset}: {len(data.train)} images, "
               f"{steps_per_epoch} steps/epoch, {max_steps} steps, lr {lr:.4g} at global batch "
               f"{t.batch_size * info.world_size}, device {device}, run folder {run_dir}", flush=True)
+        print(f"initial weights: {_weights_source(cfg, model, resume)}", flush=True)
     start = trainer.step
     try:
         trainer.train()
@@ -204,9 +209,24 @@ def _attach_hooks(cfg: ExperimentConfig, trainer: Trainer, run_dir: Path, data: 
                          report_dir=run_dir / "eval")
     checkpointer.extra_state["eval"] = eval_hook
     hooks = [EMAHook(ema)] if ema is not None else []
-    hooks += [LRSchedulerHook(scheduler), eval_hook, CheckpointHook(checkpointer, t.checkpoint_every_steps), logger]
+    hooks += [LRSchedulerHook(scheduler)]
+    if t.freeze_steps:  # after the scheduler, which sets every group's rate each step
+        hooks.append(FreezeStepsHook(trainer.model, t.freeze_steps))
+    hooks += [eval_hook, CheckpointHook(checkpointer, t.checkpoint_every_steps), logger]
     trainer.register_hooks(hooks)
     return checkpointer, eval_hook
+
+
+def _weights_source(cfg: ExperimentConfig, model, resume: str | Path | None) -> str:
+    """Where the run's weights came from, for the run log."""
+    if resume is not None:
+        return f"resumed from {resume}"
+    backbone = unwrap(model).backbone.weights_source
+    if not cfg.model.checkpoint:
+        return f"backbone: {backbone}; BiFPN and heads: random initialisation"
+    if cfg.model.checkpoint_strict:
+        return f"checkpoint {cfg.model.checkpoint}"
+    return f"checkpoint {cfg.model.checkpoint} where it fits; elsewhere backbone: {backbone}, other layers: random"
 
 
 def _resume(checkpointer: Checkpointer, scheduler, path: str | Path) -> None:

@@ -11,6 +11,7 @@ _API = {
     "InputSizeError": "multitask_edet.models.model",
     "MultiTaskEfficientDet": "multitask_edet.models.model",
     "build_model_tasks": "multitask_edet.models.factory",
+    "coco_detector": "multitask_edet.models.factory",
     "create_model": "multitask_edet.models.factory",
     "load_checkpoint": "multitask_edet.models.factory",
 }

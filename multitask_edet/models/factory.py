@@ -20,8 +20,10 @@ from torch import nn
 from ..compat.effdet import (
     convert_effdet_checkpoint, convert_effdet_state_dict, effdet_num_classes, is_effdet_state_dict, resolve_model_name,
 )  # fmt: skip
+from ..compat.effdet_weights import PREFIX, is_remote_checkpoint, load_remote_checkpoint, resolve_effdet_weights
 from ..config import ModelConfig, get_model_config
 from ..config_utils import from_dict, merge
+from ..datasets.coco import COCO_CLASSES
 from ..errors import CheckpointError, ConfigError
 from ..tasks.base import Task, build_tasks
 from ..state_dict import key_report, read_state_dict
@@ -107,6 +109,7 @@ def create_model(
     checkpoint: str | Path | None = None,
     strict: bool = True,
     class_names: Mapping[str, Sequence[str]] | None = None,
+    initial_weights: bool = True,
     **overrides,
 ) -> MultiTaskEfficientDet:
     """Build a model.
@@ -122,6 +125,9 @@ def create_model(
             seg head): every weight whose name and shape fit is loaded, the rest keep their
             fresh initialisation, and what was left out is logged.
         class_names: task name → class names; sets each task's class count unless given.
+        initial_weights: ``False`` leaves the backbone randomly initialised whatever
+            ``backbone.pretrained``/``backbone.weights`` say, for a model whose weights are all
+            loaded next (a resumed or trained one); a strict ``checkpoint`` implies it.
         overrides: model settings and task sections by name (see ``resolve_config``).
 
     The returned model's ``config.tasks`` holds every task's full options (with its ``type``), so
@@ -131,7 +137,9 @@ def create_model(
     if tasks is not None:
         overrides["tasks"] = tasks
     cfg = resolve_config(name_or_cfg, **overrides)
-    model = MultiTaskEfficientDet.from_config(cfg, class_names)
+    # A strict checkpoint replaces every weight: the backbone's own weights need not be fetched first.
+    fetch = initial_weights and (checkpoint is None or not strict)
+    model = MultiTaskEfficientDet.from_config(cfg, class_names, initial_weights=fetch)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)
     return model
@@ -149,18 +157,32 @@ def effdet_model(name: str, sd: Mapping[str, torch.Tensor]) -> MultiTaskEfficien
         return create_model(resolve_model_name(name), num_classes=effdet_num_classes(dict(sd)))
 
 
+def coco_detector(name: str = "tf_efficientdet_d0", device: str | torch.device = "cpu", **det_options):
+    """(model, class names) of a published COCO detector, ready to predict: what
+    ``mtedet predict --model NAME --weights coco`` runs. Its 90 outputs are COCO category ids
+    1–90 (unused ids keep an empty name), also in ``model.class_names["det"]``; its input
+    normalisation is the one it was trained with. ``det_options``: the detection task's
+    options (e.g. ``postprocess={"nms": "soft_nms"}``)."""
+    w = resolve_effdet_weights(name)
+    names = [COCO_CLASSES.get(i + 1, "") for i in range(90)]
+    model = create_model(w.model, tasks={"det": {**det_options, "num_classes": 90}}, checkpoint=PREFIX + w.name,
+                         class_names={"det": names}, mean=w.mean, std=w.std)
+    return model.to(device).eval(), names
+
+
 def convert_effdet_file(src: str | Path, dst: str | Path, name: str) -> dict[str, torch.Tensor]:
     """``mtedet convert-effdet``: an effdet checkpoint file → our safetensors for variant ``name``."""
     return convert_effdet_checkpoint(src, dst, effdet_model(name, read_state_dict(src)))
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> list[str]:
-    """Load weights saved by us (safetensors / torch) or an effdet state dict.
+    """Load weights saved by us (safetensors / torch) or an effdet state dict; ``effdet:NAME`` or a
+    URL are fetched through torch.hub's cache first (compat/effdet_weights.py).
 
     Strict by default: any missing, unexpected or wrong-shape key is an error listing them.
     ``strict=False`` loads what fits and returns the model keys left at their initialisation.
     """
-    sd = read_state_dict(path)
+    sd = load_remote_checkpoint(path) if is_remote_checkpoint(path) else read_state_dict(path)
     if is_effdet_state_dict(sd):
         head = detection_task_name(model)
         if head is None:
@@ -171,8 +193,10 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
             # and then loads what fits; a strict load converts straight into this model.
             det = {**model.config.tasks[head], "num_classes": effdet_num_classes(sd)}
             neck = dataclasses.replace(model.config.neck, min_level=None)
-            with torch.device("meta"):
-                target = create_model(dataclasses.replace(model.config, tasks={head: det}, neck=neck))
+            with torch.device("meta"):  # structure only: no backbone weights fetched
+                target = MultiTaskEfficientDet.from_config(
+                    dataclasses.replace(model.config, tasks={head: det}, neck=neck), initial_weights=False
+                )
         sd = convert_effdet_state_dict(sd, target, head=head)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

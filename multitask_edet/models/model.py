@@ -96,12 +96,18 @@ class MultiTaskEfficientDet(
 
     # ------------------------------------------------------------------ assembly
     @classmethod
-    def from_config(cls, cfg: Any, class_names: Mapping[str, Sequence[str]] | None = None) -> "MultiTaskEfficientDet":
+    def from_config(
+        cls, cfg: Any, class_names: Mapping[str, Sequence[str]] | None = None, *, initial_weights: bool = True
+    ) -> "MultiTaskEfficientDet":
         """The network ``cfg`` (a ModelConfig) describes, freshly initialised.
 
         Every task's options resolve as tasks/base.py ``resolve_task_config`` says (``class_names``:
         task name → the dataset's classes); the returned model's ``config`` is ``cfg`` resolved:
         every task's full options with its ``type``, the neck's ``min_level``, ``mean``/``std``.
+        The backbone starts from the weights ``cfg.backbone`` names (``pretrained``: timm's, through
+        the Hugging Face Hub cache; ``weights``: a file); ``initial_weights=False`` builds it
+        randomly initialised whatever the config says — for a model whose every weight is loaded
+        next (a trained model, a strict checkpoint), which must not need the network or the file.
         """
         task_objs = build_tasks(cfg.tasks, cfg.task_defaults, class_names)
         if not task_objs:
@@ -116,7 +122,7 @@ class MultiTaskEfficientDet(
             raise ConfigError(f"neck.min_level {min_level} is above neck.max_level {max_level}")
         mean, std = cfg.mean, cfg.std
         if mean is None or std is None:
-            stats = backbone_input_stats(cfg.backbone.name)
+            stats = backbone_input_stats(cfg.backbone.name, cfg.backbone.pretrained_tag)
             mean, std = mean or stats[0], std or stats[1]
         cfg = dataclasses.replace(
             cfg,
@@ -126,7 +132,9 @@ class MultiTaskEfficientDet(
             std=tuple(float(v) for v in std),
         )
         b, n = cfg.backbone, cfg.neck
-        backbone = Backbone(b.name, min_level, max_level, width, n.padding, b.drop_path_rate, b.weights)
+        fetch = initial_weights and (b.pretrained or b.weights)
+        backbone = Backbone(b.name, min_level, max_level, width, n.padding, b.drop_path_rate,
+                            b.weights if fetch else None, bool(fetch and b.pretrained), b.pretrained_tag)
         neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
         names = {t: list(task.class_names) for t, task in task_objs.items() if task.class_names is not None}
         return cls(backbone, neck, heads, config=cfg, class_names=names)
@@ -161,7 +169,7 @@ class MultiTaskEfficientDet(
         from ..hub import RELEASE_KEYS
 
         cfg = from_dict(ModelConfig, dict(info["model_config"]), "model_config")
-        model = cls.from_config(cfg, info.get("class_names") or None)
+        model = cls.from_config(cfg, info.get("class_names") or None, initial_weights=False)
         try:
             model.load_state_dict(dict(state_dict))
         except RuntimeError as e:

@@ -43,7 +43,7 @@ INSTANCE_IDS[3, 10] = 29000
 @pytest.fixture
 def tree(tmp_path):
     root = tmp_path / "cityscapes"
-    for split, names in (("train", [NAME, f"{CITY}_000001_000019"]), ("val", [f"frankfurt_000000_000294"])):
+    for split, names in (("train", [NAME, f"{CITY}_000001_000019"]), ("val", ["frankfurt_000000_000294"])):
         for name in names:
             city = name.split("_")[0]
             save_png(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png", np.full((H, W, 3), 70, np.uint8))

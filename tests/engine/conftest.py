@@ -37,7 +37,9 @@ def tiny_train_args(root: Path, out: Path, task: str = "det,seg", *extra: str) -
         "--image-size", "128", "--batch-size", "2", "--epochs", "1", "--workers", "0", "--device", "cpu",
         "--seed", "0", "--output", str(out),
         "--set", "log.tensorboard=false", "--set", "log.every_steps=1", "--set", "train.warmup_epochs=0.5",
-        "--set", "train.base_lr=0.02", "--set", "train.base_batch=2", *extra,
+        "--set", "train.base_lr=0.02", "--set", "train.base_batch=2",
+        "--set", "model.backbone.pretrained=false",  # the default recipes start from ImageNet weights (Hub)
+        *extra,
     ]  # fmt: skip
 
 

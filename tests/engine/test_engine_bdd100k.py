@@ -25,7 +25,7 @@ def test_joint_det_drivable_lane_run_from_the_cli(bdd_root, tmp_path, capsys):
     args = ["train", "--config", "bdd100k-d3", "--data-root", str(bdd_root), "--model", "test-efficientdet",
             "--image-size", "128", "--batch-size", "2", "--max-steps", "4", "--workers", "0", "--device", "cpu",
             "--seed", "0", "--output", str(out), "--set", "log.tensorboard=false", "--set", "log.every_steps=1",
-            "--set", "data.options.lane_dilation=1"]
+            "--set", "data.options.lane_dilation=1", "--set", "model.backbone.pretrained=false"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "training det+drivable+lane on bdd100k: 8 images" in text

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multitask_edet.config_utils import from_dict
 from multitask_edet.engine.config import (
     ExperimentConfig, build_config, config_from_dict, default_recipe, list_recipes, load_recipe,
 )  # fmt: skip

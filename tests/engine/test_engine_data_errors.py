@@ -23,7 +23,8 @@ def broken_voc(tmp_path):
 def _train_args(root, out, *extra):
     return ["train", "--task", "det", "--dataset", "voc2012", "--data-root", str(root), "--model", "test-efficientdet",
             "--image-size", "128", "--batch-size", "2", "--epochs", "1", "--workers", "0", "--device", "cpu",
-            "--output", str(out), "--set", "log.tensorboard=false", "--set", "train.ema=false", *extra]
+            "--output", str(out), "--set", "log.tensorboard=false", "--set", "train.ema=false",
+            "--set", "model.backbone.pretrained=false", *extra]
 
 
 def test_data_check_reports_each_problem_with_its_file(broken_voc, tmp_path, capsys):

@@ -23,6 +23,7 @@ def _args(command_root, dataset, out, *extra):
     return ["train", "--task", "det", "--dataset", dataset, "--data-root", str(command_root), "--model",
             "test-efficientdet", "--image-size", "128", "--batch-size", "2", "--max-steps", "2", "--workers", "0",
             "--device", "cpu", "--output", str(out), "--set", "log.tensorboard=false", "--set", "train.ema=false",
+            "--set", "model.backbone.pretrained=false",  # the default recipes start from ImageNet weights (Hub)
             *extra]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ def _train(root, dataset, out, *extra):
     return ["train", "--task", "det", "--dataset", dataset, "--data-root", str(root), "--model", "test-efficientdet",
             "--image-size", "128", "--batch-size", "2", "--max-steps", "2", "--workers", "0", "--device", "cpu",
             "--seed", "0", "--output", str(out), "--set", "log.tensorboard=false", "--set", "train.ema=false",
+            "--set", "model.backbone.pretrained=false",  # the default recipes start from ImageNet weights (Hub)
             *extra]  # fmt: skip
 
 

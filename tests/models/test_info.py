@@ -61,6 +61,6 @@ def test_bdd100k_variant_beside_hybridnets(capsys):
     assert main(["info", "efficientdet-d3-bdd"]) == 0
     out = capsys.readouterr().out
     assert f"parameters {info['params'] / 1e6:.3f}M" in out
-    assert f"published: HybridNets 12.830M params" in out and f"{info['params'] / 12.83e6:.2f}x its parameters" in out
+    assert "published: HybridNets 12.830M params" in out and f"{info['params'] / 12.83e6:.2f}x its parameters" in out
     assert model_info("efficientdet-d0")["published"][0]["params"] == 3.9e6
     assert model_info("test-efficientdet")["published"] == []

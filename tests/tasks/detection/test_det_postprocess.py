@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from multitask_edet.tasks.detection import AnchorGenerator, BoxCoder, DetPostprocessConfig
+from multitask_edet.tasks.detection import AnchorGenerator, DetPostprocessConfig
 from multitask_edet.tasks.detection.postprocess import postprocess_detections, soft_nms
 
 effdet_bench = pytest.importorskip("effdet.bench")
