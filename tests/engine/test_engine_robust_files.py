@@ -1,7 +1,9 @@
 """Files that go wrong: disk full, unwritable folders, empty or unsafe checkpoints, kills mid-save, stops."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,8 +85,7 @@ def test_eval_checks_its_output_folder_before_inference(trained_run, tmp_path, m
     assert not calls, "the inference ran before the output folder was known to be writable"
 
 
-def _chmod_bites(folder) -> bool:
-    """False for root with CAP_DAC_OVERRIDE, which writes into 0500 folders anyway."""
+def _refuses_writes(folder) -> bool:
     try:
         (folder / "probe").write_text("")
     except PermissionError:
@@ -93,15 +94,39 @@ def _chmod_bites(folder) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def read_only_folder(folder):
+    """``folder`` made unwritable; yields the cause the one-line error must give.
+
+    chmod 0500 for a normal user. Root (CAP_DAC_OVERRIDE) writes into 0500 folders anyway, so
+    for root the folder gets the immutable attribute (``chattr +i``, ext4/xfs/btrfs), which
+    refuses new files to root as well (EPERM). Skips where neither bites.
+    """
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if _refuses_writes(folder):
+            yield "permission denied"
+            return
+        folder.chmod(0o700)
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("this user writes into 0500 folders (root) and the immutable attribute is unavailable here")
+        try:
+            if not _refuses_writes(folder):
+                pytest.skip("neither chmod 0500 nor chattr +i stops this user writing")
+            yield "operation not permitted"
+        finally:
+            subprocess.run([chattr, "-i", str(folder)], check=True)
+    finally:
+        folder.chmod(0o700)
+
+
 @pytest.mark.parametrize("command", ["train", "eval", "predict", "export"])
 def test_read_only_output_folders_are_refused_before_work(command, trained_run, shapes_root, tmp_path, tiny_args,
                                                           capsys):
     ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        if not _chmod_bites(ro):
-            pytest.skip("this user writes into read-only (chmod 0500) folders (root)")
+    with read_only_folder(ro) as cause:
         ckpt = str(trained_run / "best.pt")
         argv = {
             "train": tiny_args(shapes_root, ro / "run", "det", "--max-steps", "1"),
@@ -111,9 +136,8 @@ def test_read_only_output_folders_are_refused_before_work(command, trained_run, 
         }[command]
         assert main(argv) == 74
         line = _one_line(capsys.readouterr().err)
-        assert str(ro) in line and "permission denied" in line
-    finally:
-        ro.chmod(0o700)
+        assert str(ro) in line and cause in line
+        assert list(ro.iterdir()) == []  # refused before anything was written
 
 
 # ---------------------------------------------------------------------------- checkpoints
