@@ -141,17 +141,19 @@ def test_item4_a_second_training_on_the_same_output_is_refused_and_writes_nothin
     try:
         metrics = out / "metrics.jsonl"
         _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, proc)  # it is training
-        config = _stat(out / "config.yaml")
+        _wait_for(lambda: (out / "last.pt").exists(), proc)  # and has a checkpoint a --resume could take
+        # Held still (SIGSTOP: alive, still the lock's owner) so that its own saves cannot change the
+        # folder while the refused commands run: the folder must then be exactly as it was.
+        proc.send_signal(signal.SIGSTOP)
+        before = _snapshot_all(out)
         for second in (tiny_args(shapes_root, out, "det", "--max-steps", "1"), [*first, "--resume"]):
-            if "--resume" in second:  # a resume of the running training, once it has a last.pt
-                _wait_for(lambda: (out / "last.pt").exists(), proc)
             assert main(second) == 73  # cli.EXIT_BUSY
             err = capsys.readouterr().err.strip()
             assert err.count("\n") == 0 and f"PID {proc.pid} on host {socket.gethostname()}" in err
             assert f"run folder {out} is in use" in err
-        assert _stat(out / "config.yaml") == config  # the running training's, untouched
-        assert not any(p.name.endswith(".tmp") for p in out.iterdir())
+        assert _snapshot_all(out) == before  # config.yaml and everything else untouched, nothing added
     finally:
+        proc.send_signal(signal.SIGCONT)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-3000:]  # the first run was never disturbed: stopped, resumable
