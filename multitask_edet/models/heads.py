@@ -81,6 +81,13 @@ class SegmentationHead(nn.Module):
     The first conv's pointwise part changes the width when ``channels`` differs from the
     BiFPN's (cheaper than a separate projection: 19 GMACs at 640² for the §5.2 model, in
     line with the paper's 18B).
+
+    ``merge_levels`` (coarser levels, e.g. ``(3, 4, 5)``): those BiFPN outputs are upsampled
+    bilinearly to ``level`` and added to it before the convs (the sum over levels of Panoptic
+    FPN's semantic branch, without its per-level convs), so the classifier also sees the coarse
+    levels' own outputs, not only what the BiFPN's top-down path passed down to P2; ``levels``
+    is then ``(level, *merge_levels)`` and ``forward`` takes their maps in that order. Without
+    it (the default, §5.2) the head reads ``level`` alone.
     """
 
     def __init__(
@@ -91,12 +98,16 @@ class SegmentationHead(nn.Module):
         repeats: int = 3,
         level: int = 2,
         padding: str = "pytorch",
+        merge_levels: Sequence[int] = (),
     ):
         super().__init__()
         channels = channels or in_channels
-        self.levels = (level,)
+        self.levels = (level, *merge_levels)
         self.num_classes = num_classes
         self.scale = float(2**level)
+        #: upsampling factor of each merged level to ``level`` (exact: the model's input is a
+        #: multiple of 2**max_level, models/model.py ``check_input_size``)
+        self.merge_scales = tuple(float(2 ** (lv - level)) for lv in merge_levels)
         widths = [in_channels] + [channels] * repeats
         self.convs = nn.Sequential(
             *(SeparableConv2d(a, b, 3, padding=padding, norm=True, act=True) for a, b in zip(widths, widths[1:]))
@@ -107,5 +118,8 @@ class SegmentationHead(nn.Module):
                 init_conv_tf(m, "fan_in")
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        logits = self.classifier(self.convs(feats[0]))
+        x = feats[0]
+        for f, scale in zip(feats[1:], self.merge_scales):
+            x = x + F.interpolate(f, scale_factor=scale, mode="bilinear", align_corners=False)
+        logits = self.classifier(self.convs(x))
         return F.interpolate(logits, scale_factor=self.scale, mode="bilinear", align_corners=False)

@@ -240,8 +240,9 @@ def test_soft_nms_graph_equals_predict(tmp_path, image_files, one_thread):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_segmentation_graph_equals_predict(tmp_path, image_files, batch, one_thread):
-    src = pretrained(tmp_path, ["seg"])
+@pytest.mark.parametrize("seg", [{}, {"merge_levels": [3, 4, 5]}], ids=["p2", "merge345"])
+def test_segmentation_graph_equals_predict(tmp_path, image_files, batch, seg, one_thread):
+    src = pretrained(tmp_path, {"seg": seg})
     desc = export_onnx(src, tmp_path / "seg.onnx", end_to_end=True)
     assert desc["outputs"] == {"mask": {"shape": ["batch", 128, 128], "dtype": "uint8"},
                                "mask_original": {"shape": ["batch", "orig_height", "orig_width"], "dtype": "uint8"}}
@@ -318,8 +319,9 @@ def test_a_task_without_graph_post_processing_is_a_clear_error(tmp_path):
     assert export_onnx(src, tmp_path / "raw.onnx")["max_abs_diff"] <= 1e-4  # the raw export still works
 
 
-def test_dynamic_size_graph_runs_other_sizes(tmp_path, one_thread):
-    src = pretrained(tmp_path, ["det", "seg"])
+@pytest.mark.parametrize("seg", [{}, {"merge_levels": [3, 4, 5]}], ids=["p2", "merge345"])
+def test_dynamic_size_graph_runs_other_sizes(tmp_path, seg, one_thread):
+    src = pretrained(tmp_path, {"det": {}, "seg": seg})
     desc = export_onnx(src, tmp_path / "dyn.onnx", end_to_end=True, dynamic_size=True)
     assert desc["inputs"]["images"]["shape"] == ["batch", 3, "height", "width"]
     assert desc["outputs"]["seg_mask"]["shape"] == ["batch", "height", "width"]

@@ -49,6 +49,40 @@ def test_segmentation_head_changes_width_in_its_first_conv():
     )
 
 
+def test_segmentation_head_adds_the_merged_levels_upsampled_before_its_convs():
+    torch.manual_seed(0)
+    merged = SegmentationHead(16, num_classes=4, channels=8, repeats=1, level=2, merge_levels=(3, 4)).eval()
+    plain = SegmentationHead(16, num_classes=4, channels=8, repeats=1, level=2).eval()
+    plain.load_state_dict(merged.state_dict())  # the merge adds no weights
+    assert merged.levels == (2, 3, 4) and plain.levels == (2,)
+    p2, p3, p4 = torch.randn(2, 16, 16, 12), torch.randn(2, 16, 8, 6), torch.randn(2, 16, 4, 3)
+    up = lambda x: nn.functional.interpolate(x, size=(16, 12), mode="bilinear", align_corners=False)  # noqa: E731
+    with torch.no_grad():
+        got = merged([p2, p3, p4])
+        assert got.shape == (2, 4, 64, 48)
+        assert torch.allclose(got, plain([p2 + up(p3) + up(p4)]), atol=1e-5)
+        assert not torch.allclose(got, plain([p2]), atol=1e-3)
+
+
+@pytest.mark.parametrize("merge_levels", [[], [3, 4, 5]])
+def test_the_model_routes_merged_levels_to_the_seg_head(merge_levels):
+    """Perturbing the BiFPN's P4 output changes the seg logits exactly when the head merges P4."""
+    torch.manual_seed(0)
+    model = create_model("test-efficientdet", tasks={"seg": {"num_classes": 3, "merge_levels": merge_levels}}).eval()
+    assert model.heads["seg"].levels == (2, *merge_levels) and model.min_level == 2
+    images = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        ref = model(images)["seg"]
+        hook = model.neck.register_forward_hook(lambda m, args, out: [f + 1.0 if i == 2 else f for i, f in enumerate(out)])
+        got = model(images)["seg"]
+        hook.remove()
+    assert got.shape == ref.shape == (1, 3, 128, 128)
+    if merge_levels:
+        assert (got - ref).abs().max() > 1e-3
+    else:
+        assert torch.equal(got, ref)
+
+
 # --- a task defined here, outside the library: the model factory asks it for its head -----
 
 

@@ -94,6 +94,10 @@ class SegmentationConfig:
     repeats: int = 3
     #: the pyramid level the head reads (§5.2: P2, stride 4)
     level: int = 2
+    #: coarser BiFPN outputs upsampled to ``level`` and added to it before the head's convs, e.g.
+    #: [3, 4, 5] (models/heads.py ``SegmentationHead``; the ``finetune-seg`` recipe's); () = ``level``
+    #: alone, the §5.2 design
+    merge_levels: tuple[int, ...] = ()
     loss: SegLossConfig = field(default_factory=SegLossConfig)
     #: horizontal-flip test-time augmentation wherever the task predicts (evaluation,
     #: ``mtedet predict``, the Python API): softmax of the image and its mirror averaged
@@ -101,3 +105,9 @@ class SegmentationConfig:
     #: ``mtedet eval`` also writes every prediction as a palette PNG into its report folder
     save_eval_masks: bool = False
     eval: SegEvalConfig = field(default_factory=SegEvalConfig)
+
+    def __post_init__(self):
+        bad = [lv for lv in self.merge_levels if lv <= self.level]
+        if bad or len(set(self.merge_levels)) != len(self.merge_levels):
+            raise ConfigError(f"seg merge_levels {list(self.merge_levels)}: give distinct levels coarser than the "
+                              f"head's level {self.level}, e.g. [{self.level + 1}, {self.level + 2}, {self.level + 3}]")

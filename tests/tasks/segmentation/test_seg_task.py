@@ -22,6 +22,28 @@ def test_build_head_reads_p2_and_predicts_at_input_size():
     assert out.shape == (2, 5, 32, 32)
 
 
+def test_merge_levels_are_validated_where_they_are_set():
+    with pytest.raises(ConfigError, match=r"seg merge_levels \[2, 3\]: give distinct levels coarser than the head's level 2"):
+        SegmentationTask({"merge_levels": [2, 3]})
+    with pytest.raises(ConfigError, match=r"merge_levels \[3, 3\]"):
+        SegmentationConfig(merge_levels=(3, 3))
+    with pytest.raises(ConfigError, match=r"e\.g\. \[4, 5, 6\]"):
+        SegmentationConfig(level=3, merge_levels=(2,))
+    from multitask_edet.models import create_model
+
+    # a level the trunk does not have is refused where the model routes levels to heads
+    with pytest.raises(ConfigError, match=r"reads level\(s\) \[8\].*neck.max_level"):
+        create_model("test-efficientdet", tasks={"seg": {"merge_levels": [3, 8]}})
+
+
+def test_build_head_with_merge_levels_reads_them_in_order():
+    task = SegmentationTask(SegmentationConfig(num_classes=5, channels=8, repeats=1, merge_levels=(3, 4, 5)))
+    head = task.build_head(16)
+    assert head.levels == (2, 3, 4, 5)
+    out = head([torch.randn(2, 16, 16 // 2**i, 16 // 2**i) for i in range(4)])
+    assert out.shape == (2, 5, 64, 64)
+
+
 def test_has_targets():
     task = SegmentationTask()
     batch = {"images": torch.zeros(3, 3, 4, 4), "seg": [torch.zeros(4, 4), None, torch.zeros(4, 4)]}
