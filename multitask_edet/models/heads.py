@@ -99,6 +99,7 @@ class SegmentationHead(nn.Module):
         level: int = 2,
         padding: str = "pytorch",
         merge_levels: Sequence[int] = (),
+        dropout: float = 0.0,
     ):
         super().__init__()
         channels = channels or in_channels
@@ -112,6 +113,8 @@ class SegmentationHead(nn.Module):
         self.convs = nn.Sequential(
             *(SeparableConv2d(a, b, 3, padding=padding, norm=True, act=True) for a, b in zip(widths, widths[1:]))
         )
+        #: channel dropout on the classifier's input while training (``dropout`` > 0)
+        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
         self.classifier = nn.Conv2d(widths[-1], num_classes, 1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -121,5 +124,5 @@ class SegmentationHead(nn.Module):
         x = feats[0]
         for f, scale in zip(feats[1:], self.merge_scales):
             x = x + F.interpolate(f, scale_factor=scale, mode="bilinear", align_corners=False)
-        logits = self.classifier(self.convs(x))
+        logits = self.classifier(self.dropout(self.convs(x)))
         return F.interpolate(logits, scale_factor=self.scale, mode="bilinear", align_corners=False)

@@ -64,6 +64,20 @@ def test_segmentation_head_adds_the_merged_levels_upsampled_before_its_convs():
         assert not torch.allclose(got, plain([p2]), atol=1e-3)
 
 
+def test_segmentation_head_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    head = SegmentationHead(16, num_classes=4, channels=8, repeats=1, dropout=0.5)
+    plain = SegmentationHead(16, num_classes=4, channels=8, repeats=1)
+    plain.load_state_dict(head.state_dict())  # dropout adds no weights: checkpoints load either way
+    x = [torch.randn(2, 16, 8, 8)]
+    head.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(head(x), plain(x))  # evaluation and export: no dropout
+    head.train(), plain.train()
+    with torch.no_grad():
+        assert not torch.allclose(head(x), plain(x), atol=1e-3)  # training: whole channels dropped
+
+
 @pytest.mark.parametrize("merge_levels", [[], [3, 4, 5]])
 def test_the_model_routes_merged_levels_to_the_seg_head(merge_levels):
     """Perturbing the BiFPN's P4 output changes the seg logits exactly when the head merges P4."""

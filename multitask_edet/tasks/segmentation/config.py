@@ -98,6 +98,8 @@ class SegmentationConfig:
     #: [3, 4, 5] (models/heads.py ``SegmentationHead``; the ``finetune-seg`` recipe's); () = ``level``
     #: alone, the §5.2 design
     merge_levels: tuple[int, ...] = ()
+    #: channel dropout (``nn.Dropout2d``) on the classifier's input while training; 0 = none (§5.2)
+    dropout: float = 0.0
     loss: SegLossConfig = field(default_factory=SegLossConfig)
     #: horizontal-flip test-time augmentation wherever the task predicts (evaluation,
     #: ``mtedet predict``, the Python API): softmax of the image and its mirror averaged
@@ -111,3 +113,5 @@ class SegmentationConfig:
         if bad or len(set(self.merge_levels)) != len(self.merge_levels):
             raise ConfigError(f"seg merge_levels {list(self.merge_levels)}: give distinct levels coarser than the "
                               f"head's level {self.level}, e.g. [{self.level + 1}, {self.level + 2}, {self.level + 3}]")
+        if not 0.0 <= self.dropout < 1.0:  # also refuses NaN
+            raise ConfigError(f"seg dropout {self.dropout}: give a probability in [0, 1), e.g. 0.1")

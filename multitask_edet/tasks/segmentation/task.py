@@ -50,7 +50,7 @@ class SegmentationTask(Task):
     def build_head(self, in_channels: int, padding: str = "pytorch") -> nn.Module:
         c = self.config
         return SegmentationHead(in_channels, num_classes=c.num_classes, channels=c.channels, repeats=c.repeats,
-                                level=c.level, padding=padding, merge_levels=c.merge_levels)
+                                level=c.level, padding=padding, merge_levels=c.merge_levels, dropout=c.dropout)
 
     def loss(self, outputs: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``{"<name>_ce": ..., ...}``, each term already multiplied by its configured weight."""

@@ -36,6 +36,12 @@ def test_merge_levels_are_validated_where_they_are_set():
         create_model("test-efficientdet", tasks={"seg": {"merge_levels": [3, 8]}})
 
 
+@pytest.mark.parametrize("p", [-0.1, 1.0, float("nan")])
+def test_dropout_must_be_a_probability_below_one(p):
+    with pytest.raises(ConfigError, match="seg dropout"):
+        SegmentationConfig(dropout=p)
+
+
 def test_build_head_with_merge_levels_reads_them_in_order():
     task = SegmentationTask(SegmentationConfig(num_classes=5, channels=8, repeats=1, merge_levels=(3, 4, 5)))
     head = task.build_head(16)
