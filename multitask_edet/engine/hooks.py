@@ -6,7 +6,7 @@ and checkpoint gathering are collective); only rank 0 writes files.
 
 Run folder::
 
-    config.yaml        the resolved experiment config
+    config.yaml        the resolved experiment config, headed by a comment saying where the initial weights came from
     metrics.jsonl      one JSON object per logged step / evaluation
     tb/                TensorBoard events
     last.pt, best.pt   full training state (torch.load(weights_only=True) reads them)

@@ -79,15 +79,35 @@ def own_run_dir(cfg: ExperimentConfig) -> RunFolder | None:
     return folder
 
 
-def commit_run_dir(cfg: ExperimentConfig, folder: RunFolder | None) -> Path:
-    """The run is decided: write the resolved config and remove stale temp files (rank 0)."""
+#: the first line of a run's config.yaml: where its initial weights came from (a YAML comment)
+WEIGHTS_HEADER = "# initial weights: "
+
+
+def commit_run_dir(cfg: ExperimentConfig, folder: RunFolder | None, weights: str | None = None) -> Path:
+    """The run is decided: write the resolved config and remove stale temp files (rank 0).
+
+    ``weights`` (where the initial weights came from) heads config.yaml as a comment, so the
+    run folder says which weights a run started from — the Hub file, a local file, a
+    checkpoint or a random initialisation — not only that ``pretrained`` was true. A resumed
+    run (``weights`` None) keeps the line its first start wrote.
+    """
     if folder is not None:
         removed = folder.commit()
         if removed:
             print(f"removed {len(removed)} temporary file(s) that an interrupted save left in {folder.path}: "
                   + ", ".join(p.name for p in removed), flush=True)
-        folder.write_text("config.yaml", cfg.to_yaml())
+        header = f"{WEIGHTS_HEADER}{weights}\n" if weights else _weights_header(folder.path / "config.yaml")
+        folder.write_text("config.yaml", header + cfg.to_yaml())
     return cfg.run_dir()
+
+
+def _weights_header(config_yaml: Path) -> str:
+    """The initial-weights line of an existing config.yaml, or nothing."""
+    try:
+        first = config_yaml.read_text().split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return first + "\n" if first.startswith(WEIGHTS_HEADER) else ""
 
 
 # ---------------------------------------------------------------------------- training
@@ -163,12 +183,13 @@ def _run(cfg: ExperimentConfig, resume: str | Path | None, info: DistInfo, devic
     checkpointer, eval_hook = _attach_hooks(cfg, trainer, run_dir, data, scheduler, ema, amp_dtype, info, eval_skipped)
     if resume is not None:
         _resume(checkpointer, scheduler, resume)  # a checkpoint that does not fit is refused here: nothing written yet
-    commit_run_dir(cfg, folder)
+    weights = _weights_source(cfg, model, resume)
+    commit_run_dir(cfg, folder, None if resume is not None else weights)
     if is_main_process():
         print(f"training {'+'.join(cfg.tasks)} on {cfg.data.dataset}: {len(data.train)} images, "
               f"{steps_per_epoch} steps/epoch, {max_steps} steps, lr {lr:.4g} at global batch "
               f"{t.batch_size * info.world_size}, device {device}, run folder {run_dir}", flush=True)
-        print(f"initial weights: {_weights_source(cfg, model, resume)}", flush=True)
+        print(f"initial weights: {weights}", flush=True)
     start = trainer.step
     try:
         trainer.train()

@@ -102,6 +102,8 @@ def test_trained_models_rebuild_without_their_initial_weights(shapes_root, tmp_p
         **cfg.to_dict(), "model": {**cfg.to_dict()["model"], "backbone": {"pretrained": True, "weights": str(weights)}}})
     run_training(cfg)
     assert f"initial weights: backbone: file {weights}" in capsys.readouterr().out
+    header = f"# initial weights: backbone: file {weights}; BiFPN and heads: random initialisation\n"
+    assert (cfg.run_dir() / "config.yaml").read_text().startswith(header)  # the run folder says it too
     weights.unlink()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub"))
@@ -121,3 +123,4 @@ def test_trained_models_rebuild_without_their_initial_weights(shapes_root, tmp_p
                                                                      "train": {**cfg.to_dict()["train"], "max_steps": 3}})
     assert run_training(longer, resume=run / "last.pt").step == 3
     assert f"initial weights: resumed from {run / 'last.pt'}" in capsys.readouterr().out
+    assert (run / "config.yaml").read_text().startswith(header)  # a resume keeps the first start's line
