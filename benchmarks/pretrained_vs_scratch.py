@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from multitask_edet.datasets import build_dataset
-from multitask_edet.datasets.base import collate
+from multitask_edet.datasets.base import collate, normalize_images
 from multitask_edet.datasets.transforms import eval_transforms, train_transforms
 from multitask_edet.engine.finetune import set_bn_momentum
 from multitask_edet.engine.param_groups import build_param_groups
@@ -149,12 +149,6 @@ def batches(ds, batch: int, seed: int):
         yield from loader
 
 
-def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
-    s = torch.tensor(std).view(1, 3, 1, 1) * 255
-    return (images.float() - m) / s
-
-
 @torch.no_grad()
 def miou(model: nn.Module, val, num_classes: int, mean, std, batch: int = 8) -> float:
     """Mean IoU over the classes present (in the ground truth or the predictions), one confusion
@@ -162,7 +156,7 @@ def miou(model: nn.Module, val, num_classes: int, mean, std, batch: int = 8) -> 
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for b in torch.utils.data.DataLoader(val, batch_size=batch, collate_fn=collate):
-        pred = model(normalize(b["images"], mean, std)).argmax(1)
+        pred = model(normalize_images(b["images"], mean, std)).argmax(1)
         target = torch.stack(b["seg"]).long()
         keep = target != 255
         conf += torch.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes**2).view(num_classes, -1)
@@ -183,7 +177,7 @@ def with_recomputed_bn(model: nn.Module, it, n: int, mean, std) -> nn.Module:
             m.momentum = None  # cumulative average
     model.train()
     for _ in range(n):
-        model(normalize(next(it)["images"], mean, std))
+        model(normalize_images(next(it)["images"], mean, std))
     return model.eval()
 
 
@@ -209,7 +203,7 @@ def train_one(spec: str, args, train, val, num_classes: int) -> dict:
     for step in range(1, args.steps + 1):
         model.train()
         b = next(it)
-        loss = sum(loss_fn(model(normalize(b["images"], mean, std)), b["seg"]).values())
+        loss = sum(loss_fn(model(normalize_images(b["images"], mean, std)), b["seg"]).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if s["clip"]:

@@ -4,8 +4,9 @@ The public API. Names are resolved lazily so ``import multitask_edet`` stays che
 """
 from __future__ import annotations
 
-import importlib
 import os
+
+from .lazy import lazy_attributes
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -38,14 +39,4 @@ _API = {
 }
 
 __all__ = sorted(_API) + ["__version__"]
-
-
-def __getattr__(name: str):
-    mod = _API.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'multitask_edet' has no attribute {name!r}")
-    return getattr(importlib.import_module(mod), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _API, defined=["__version__"])

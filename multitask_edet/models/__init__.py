@@ -5,7 +5,7 @@ task types do for their heads — does not import the factory, which imports the
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_attributes
 
 _API = {
     "InputSizeError": "multitask_edet.models.model",
@@ -17,14 +17,4 @@ _API = {
 }
 
 __all__ = sorted(_API)
-
-
-def __getattr__(name: str):
-    mod = _API.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'multitask_edet.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(mod), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _API)

@@ -123,24 +123,22 @@ def test_tversky_by_hand_with_its_false_positive_and_negative_weights():
     logits, masks = logits_and_masks(b=1, c=2, h=4, w=4)
     masks[0][:] = 0
     masks[0][1, :] = 1  # a thin "lane" row
-    cfg = SegLossConfig(weights={"tversky": 1.0}, tversky_alpha=0.3, tversky_beta=0.7, tversky_gamma=4 / 3)
-    got = SegmentationLoss(cfg)(logits, masks)["seg_tversky"]
     p = logits.detach().softmax(1)[0]
-    terms = []
-    for c in range(2):
-        t = (masks[0] == c).float()
-        tp, fp, fn = (p[c] * t).sum(), (p[c] * (1 - t)).sum(), ((1 - p[c]) * t).sum()
-        terms.append(1 - tp / (tp + 0.3 * fp + 0.7 * fn))
-    assert got.item() == pytest.approx(torch.stack(terms).mean().item() ** (4 / 3), rel=1e-4)
+
+    def loss_and_by_hand(alpha, beta):
+        cfg = SegLossConfig(weights={"tversky": 1.0}, tversky_alpha=alpha, tversky_beta=beta, tversky_gamma=4 / 3)
+        terms = []
+        for c in range(2):
+            t = (masks[0] == c).float()
+            tp, fp, fn = (p[c] * t).sum(), (p[c] * (1 - t)).sum(), ((1 - p[c]) * t).sum()
+            terms.append(1 - tp / (tp + alpha * fp + beta * fn))
+        return SegmentationLoss(cfg)(logits, masks)["seg_tversky"], torch.stack(terms).mean().item() ** (4 / 3)
+
+    got, by_hand = loss_and_by_hand(0.3, 0.7)
+    assert got.item() == pytest.approx(by_hand, rel=1e-4)
     # α weighs the false positives: the same logits with α and β swapped give the swapped value
-    swapped = SegLossConfig(weights={"tversky": 1.0}, tversky_alpha=0.7, tversky_beta=0.3, tversky_gamma=4 / 3)
-    other = SegmentationLoss(swapped)(logits, masks)["seg_tversky"]
-    terms = []
-    for c in range(2):
-        t = (masks[0] == c).float()
-        tp, fp, fn = (p[c] * t).sum(), (p[c] * (1 - t)).sum(), ((1 - p[c]) * t).sum()
-        terms.append(1 - tp / (tp + 0.7 * fp + 0.3 * fn))
-    assert other.item() == pytest.approx(torch.stack(terms).mean().item() ** (4 / 3), rel=1e-4)
+    other, by_hand = loss_and_by_hand(0.7, 0.3)
+    assert other.item() == pytest.approx(by_hand, rel=1e-4)
     assert abs(other.item() - got.item()) > 1e-3
 
 
