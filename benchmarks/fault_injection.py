@@ -53,6 +53,7 @@ def train_args(data: Path, out: Path) -> list[str]:
         "--set", "log.tensorboard=false", "--set", "log.every_steps=1", "--set", "train.warmup_epochs=0.5",
         "--set", "train.base_lr=0.02", "--set", "train.base_batch=2", "--set", "train.checkpoint_every_steps=1",
         "--set", "eval.every_epochs=0", "--set", "eval.max_images=2",
+        "--set", "model.backbone.pretrained=false",  # the default recipe starts from ImageNet weights (Hub)
     ]  # fmt: skip
 
 

@@ -50,6 +50,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BDD_SAMPLE = {"n_train": 500, "n_val": 50, "seed": 0, "image_size": 224}
 BDD_OVERRIDES = {
     "model": {"name": "test-efficientdet", "image_size": [128, 224], "channels_last": True,
+              "backbone": {"pretrained": False},  # from scratch, as every run here (the recipe's B3 is ImageNet's)
               "neck": {"channels": 64, "max_level": 5}},
     "data": {"workers": 0, "options": {"lane_dilation": 1}},
     "train": {"epochs": 1000, "batch_size": 8, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0001,
