@@ -18,8 +18,7 @@ import torch
 
 from multitask_edet.datasets.base import normalize_images
 from multitask_edet.engine.step_guard import StepGuard, all_finite
-from multitask_edet.models.factory import create_model
-from multitask_edet.tasks.detection import DetectionTask
+from multitask_edet.models.factory import build_model_tasks, create_model
 
 
 def _batch(n: int, size: int, num_classes: int) -> dict:
@@ -28,8 +27,8 @@ def _batch(n: int, size: int, num_classes: int) -> dict:
     boxes = [torch.tensor([[size * 0.1, size * 0.2, size * 0.6, size * 0.7], [size * 0.5, size * 0.5, size * 0.9, size * 0.8]])
              for _ in range(n)]
     labels = [torch.tensor([1, num_classes - 1]) for _ in range(n)]
-    return {"images": images, "boxes": boxes, "labels": labels, "ignore": [torch.zeros(2, dtype=torch.bool)] * n,
-            "meta": [None] * n}
+    det = [{"boxes": b, "labels": lb, "ignore": torch.zeros(2, dtype=torch.bool)} for b, lb in zip(boxes, labels)]
+    return {"images": images, "det": det, "meta": [None] * n}
 
 
 def main() -> None:
@@ -42,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     model = create_model(args.model, tasks=("det",)).to(dev).train()
-    task = DetectionTask(model.config.det)
+    task = build_model_tasks(model.config)["det"]
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     guard = StepGuard(model, opt)
     batch = _batch(args.batch_size, args.image_size, task.num_classes)
@@ -52,7 +51,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     def step() -> list[torch.Tensor]:
-        images = normalize_images(batch["images"], dev)
+        images = normalize_images(batch["images"], model.config.mean, model.config.std, dev)
         loss = sum(task.loss(model(images)["det"], batch).values())
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]

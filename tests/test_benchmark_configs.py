@@ -1,4 +1,4 @@
-"""The training benchmarks run offline from scratch, as their tables in benchmarks/RESULTS.md say.
+"""The training benchmarks run offline, from scratch, on the current API, as their tables in benchmarks/RESULTS.md say.
 
 They build their runs from the library's recipes, which start from ImageNet backbones fetched
 from the Hugging Face Hub: a benchmark that does not say ``pretrained: false`` would stop at
@@ -39,3 +39,11 @@ def test_fault_injection_runs_train_from_scratch(tmp_path):
         assert main([*argv, "--print-config"]) == 0
     backbone = yaml.safe_load(out.getvalue())["model"]["backbone"]
     assert backbone.get("pretrained") is False
+
+
+def test_step_guard_overhead_runs_on_the_current_task_api(monkeypatch, capsys):
+    """The script times a real detection training step: it must still build one."""
+    monkeypatch.setattr("sys.argv", ["step_guard_overhead.py", "--model", "test-efficientdet", "--image-size", "128",
+                                     "--reps", "1", "--device", "cpu"])
+    _module("step_guard_overhead").main()
+    assert "overhead" in capsys.readouterr().out
