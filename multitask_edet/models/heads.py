@@ -74,7 +74,32 @@ class DetectionHead(nn.Module):
         return {"cls": self.cls_net(feats), "box": self.box_net(feats)}
 
 
-class SegmentationHead(nn.Module):
+class _PixelClassifierHead(nn.Module):
+    """What the segmentation heads share: the levels they read, channel dropout, the 1×1
+    classifier and bilinear upsampling of its logits from ``level`` to the input size."""
+
+    def __init__(self, num_classes: int, level: int, merge_levels: Sequence[int]):
+        super().__init__()
+        self.levels = (level, *merge_levels)
+        self.num_classes = num_classes
+        self.scale = float(2**level)
+
+    def _add_classifier(self, width: int, dropout: float) -> None:
+        """Call after the head's own convs: the classifier comes last, and every conv gets the
+        heads' fan-in initialisation in module order."""
+        #: channel dropout on the classifier's input while training (``dropout`` > 0)
+        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
+        self.classifier = nn.Conv2d(width, self.num_classes, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                init_conv_tf(m, "fan_in")
+
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(self.dropout(x))
+        return F.interpolate(logits, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+
+class SegmentationHead(_PixelClassifierHead):
     """Per-pixel classifier on one level (P2), logits upsampled bilinearly to the input size.
 
     ``repeats`` × (separable 3×3 conv → BN → SiLU) at ``channels``, then a 1×1 classifier.
@@ -101,11 +126,8 @@ class SegmentationHead(nn.Module):
         merge_levels: Sequence[int] = (),
         dropout: float = 0.0,
     ):
-        super().__init__()
+        super().__init__(num_classes, level, merge_levels)
         channels = channels or in_channels
-        self.levels = (level, *merge_levels)
-        self.num_classes = num_classes
-        self.scale = float(2**level)
         #: upsampling factor of each merged level to ``level`` (exact: the model's input is a
         #: multiple of 2**max_level, models/model.py ``check_input_size``)
         self.merge_scales = tuple(float(2 ** (lv - level)) for lv in merge_levels)
@@ -113,16 +135,60 @@ class SegmentationHead(nn.Module):
         self.convs = nn.Sequential(
             *(SeparableConv2d(a, b, 3, padding=padding, norm=True, act=True) for a, b in zip(widths, widths[1:]))
         )
-        #: channel dropout on the classifier's input while training (``dropout`` > 0)
-        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
-        self.classifier = nn.Conv2d(widths[-1], num_classes, 1)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                init_conv_tf(m, "fan_in")
+        self._add_classifier(widths[-1], dropout)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[0]
         for f, scale in zip(feats[1:], self.merge_scales):
             x = x + F.interpolate(f, scale_factor=scale, mode="bilinear", align_corners=False)
-        logits = self.classifier(self.dropout(self.convs(x)))
-        return F.interpolate(logits, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self._classify(self.convs(x))
+
+
+class SemanticFPNHead(_PixelClassifierHead):
+    """Panoptic FPN's semantic branch (Kirillov et al., CVPR 2019, §3.2 and Fig. 3) on BiFPN outputs.
+
+    Every level ``k`` of ``(level, *merge_levels)`` goes through its own stack of
+    ``max(1, k - level)`` blocks (3×3 conv → GroupNorm → ReLU, then ×2 bilinear upsampling
+    while coarser than ``level``); the stacks' outputs are summed at ``level``, then channel
+    dropout, a 1×1 classifier and bilinear upsampling to the input. The coarse levels thus
+    get several convs of their own on the way up, where ``SegmentationHead`` adds them raw.
+
+    GroupNorm rather than BN: per-image statistics, the same in training and at test time. On
+    a short fine-tune from a pretrained backbone this head generalises where the §5.2 head
+    memorises its few training images (benchmarks/RESULTS.md, "Pretrained vs scratch"; there
+    the choice of norm and the per-level stacks each mattered, the activation did not). The
+    norm has ``gcd(32, channels)`` groups (32, the paper's, whenever ``channels`` allows).
+    A 3×3 conv at stride 1 pads one pixel per side in PyTorch and TF ("SAME") alike, so
+    ``padding`` needs no special case here.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int = 21,
+        channels: int | None = None,
+        level: int = 2,
+        merge_levels: Sequence[int] = (3, 4, 5),
+        dropout: float = 0.0,
+    ):
+        super().__init__(num_classes, level, merge_levels)
+        channels = channels or in_channels
+        groups = math.gcd(32, channels)
+
+        def block(a: int, upsample: bool) -> nn.Sequential:
+            layers = [nn.Conv2d(a, channels, 3, padding=1, bias=False), nn.GroupNorm(groups, channels), nn.ReLU(inplace=True)]
+            if upsample:
+                layers.append(nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False))
+            return nn.Sequential(*layers)
+
+        self.stacks = nn.ModuleList(
+            nn.Sequential(*(block(in_channels if i == 0 else channels, lv > level) for i in range(max(1, lv - level))))
+            for lv in self.levels
+        )
+        self._add_classifier(channels, dropout)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = self.stacks[0](feats[0])
+        for stack, f in zip(self.stacks[1:], feats[1:]):
+            x = x + stack(f)
+        return self._classify(x)

@@ -239,8 +239,9 @@ def test_soft_nms_graph_equals_predict(tmp_path, image_files, one_thread):
         assert_same_detections(g, preds["det"])
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("seg", [{}, {"merge_levels": [3, 4, 5]}], ids=["p2", "merge345"])
+@pytest.mark.parametrize("batch, seg", [(1, {}), (3, {}), (1, {"merge_levels": [3, 4, 5]}), (3, {"merge_levels": [3, 4, 5]}),
+                                        (3, {"head": "semantic-fpn", "merge_levels": [3, 4, 5], "dropout": 0.2})],
+                         ids=["1-p2", "3-p2", "1-merge345", "3-merge345", "3-semantic-fpn"])
 def test_segmentation_graph_equals_predict(tmp_path, image_files, batch, seg, one_thread):
     src = pretrained(tmp_path, {"seg": seg})
     desc = export_onnx(src, tmp_path / "seg.onnx", end_to_end=True)

@@ -10,7 +10,7 @@ import dataclasses
 
 from multitask_edet.models import create_model
 from multitask_edet.tasks import TASKS, Task, register_task
-from multitask_edet.models.heads import DetectionHead, SegmentationHead
+from multitask_edet.models.heads import DetectionHead, SegmentationHead, SemanticFPNHead
 
 
 def test_detection_head_structure():
@@ -95,6 +95,50 @@ def test_the_model_routes_merged_levels_to_the_seg_head(merge_levels):
         assert (got - ref).abs().max() > 1e-3
     else:
         assert torch.equal(got, ref)
+
+
+def test_semantic_fpn_head_has_one_conv_per_octave_and_sums_the_levels():
+    torch.manual_seed(0)
+    head = SemanticFPNHead(16, num_classes=4, channels=48, level=2, merge_levels=(3, 4, 5)).eval()
+    assert head.levels == (2, 3, 4, 5)
+    convs = [[m for m in stack.modules() if isinstance(m, nn.Conv2d)] for stack in head.stacks]
+    assert [len(c) for c in convs] == [1, 1, 2, 3]  # max(1, k - level) convs for level k
+    assert all(c[0].in_channels == 16 and c[-1].out_channels == 48 for c in convs)
+    norms = [m for m in head.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(norms) == 7 and {n.num_groups for n in norms} == {16}  # gcd(32, 48)
+    assert SemanticFPNHead(16, channels=128).stacks[0][0][1].num_groups == 32
+    feats = [torch.randn(2, 16, 16 // 2**i, 24 // 2**i) for i in range(4)]
+    with torch.no_grad():
+        got = head(feats)
+        # by hand: every stack brought to P2's size, summed, classified, upsampled ×4
+        total = sum(stack(f) for stack, f in zip(head.stacks, feats))
+        want = nn.functional.interpolate(head.classifier(total), scale_factor=4.0, mode="bilinear", align_corners=False)
+    assert got.shape == (2, 4, 64, 96) and torch.allclose(got, want, atol=1e-6)
+    conv, norm = head.stacks[3][0][0], head.stacks[3][0][1]
+    by_hand = nn.functional.relu(nn.functional.group_norm(conv(feats[3]), 16, norm.weight, norm.bias, norm.eps))
+    assert torch.allclose(head.stacks[3][0](feats[3]), nn.functional.interpolate(by_hand, scale_factor=2.0, mode="bilinear",
+                                                                                 align_corners=False), atol=1e-6)
+    # each level's own output reaches the logits
+    with torch.no_grad():
+        moved = head([feats[0], feats[1], feats[2], feats[3] + 1.0])
+    assert (moved - got).abs().max() > 1e-3
+    # GroupNorm: the same statistics in training and evaluation (no running buffers)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in head.modules())
+    with torch.no_grad():
+        assert torch.allclose(head.train()(feats), got, atol=1e-6)  # no dropout configured
+
+
+def test_the_seg_head_option_selects_the_head_and_is_validated():
+    torch.manual_seed(0)
+    model = create_model("test-efficientdet", tasks={"seg": {"num_classes": 3, "head": "semantic-fpn",
+                                                             "merge_levels": [3, 4], "dropout": 0.2}})
+    head = model.heads["seg"]
+    assert isinstance(head, SemanticFPNHead) and head.levels == (2, 3, 4) and isinstance(head.dropout, nn.Dropout2d)
+    assert model.config.tasks["seg"]["head"] == "semantic-fpn"
+    assert model.eval()(torch.randn(1, 3, 128, 128))["seg"].shape == (1, 3, 128, 128)
+    assert isinstance(create_model("test-efficientdet", tasks={"seg": {"num_classes": 3}}).heads["seg"], SegmentationHead)
+    with pytest.raises(ConfigError, match="head"):
+        create_model("test-efficientdet", tasks={"seg": {"num_classes": 3, "head": "unet"}})
 
 
 # --- a task defined here, outside the library: the model factory asks it for its head -----

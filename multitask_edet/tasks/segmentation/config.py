@@ -88,9 +88,15 @@ class SegmentationConfig:
     source: str | None = None
     #: classes, background included (index = class id); set from the dataset by default
     num_classes: int = 21
+    #: the head (models/heads.py): "effdet", §5.2's separable convs on ``level`` (with
+    #: ``merge_levels`` added to it first); "semantic-fpn", Panoptic FPN's semantic branch over
+    #: ``level`` and ``merge_levels``: per-level 3×3 conv + GroupNorm + ReLU stacks summed at
+    #: ``level`` (the ``finetune-seg`` recipe's: it generalises better on a short fine-tune)
+    head: Literal["effdet", "semantic-fpn"] = "effdet"
     #: width of the head's convs; None = the BiFPN's
     channels: int | None = None
-    #: separable conv + BN + SiLU repeats before the 1×1 classifier (§5.2: 3)
+    #: separable conv + BN + SiLU repeats before the 1×1 classifier (§5.2: 3); the "effdet" head's
+    #: only: "semantic-fpn" has one conv per octave between a level and ``level`` (at least one)
     repeats: int = 3
     #: the pyramid level the head reads (§5.2: P2, stride 4)
     level: int = 2

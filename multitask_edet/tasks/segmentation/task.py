@@ -17,7 +17,7 @@ from torch import nn
 
 from ...datasets.io import IGNORE_INDEX
 from ...errors import ConfigError
-from ...models.heads import SegmentationHead
+from ...models.heads import SegmentationHead, SemanticFPNHead
 from ..base import ExportGeometry, Forward, Task, register_task
 from ..drawing import blend_mask
 from .config import SegmentationConfig
@@ -49,6 +49,9 @@ class SegmentationTask(Task):
 
     def build_head(self, in_channels: int, padding: str = "pytorch") -> nn.Module:
         c = self.config
+        if c.head == "semantic-fpn":
+            return SemanticFPNHead(in_channels, num_classes=c.num_classes, channels=c.channels, level=c.level,
+                                   merge_levels=c.merge_levels, dropout=c.dropout)
         return SegmentationHead(in_channels, num_classes=c.num_classes, channels=c.channels, repeats=c.repeats,
                                 level=c.level, padding=padding, merge_levels=c.merge_levels, dropout=c.dropout)
 
