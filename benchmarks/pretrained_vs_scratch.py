@@ -18,8 +18,9 @@ Settings (``--settings``, applied to ours and smp alike; the encoder is "the bac
 - ``before``: what the library did before (AdamW 1e-3 everywhere, EMA 0.9998, BN layers as
   built: momentum 0.01 in our BiFPN/head);
 - ``finetune-seg``: the ``finetune-seg`` recipe's train settings (lr, backbone lr multiplier,
-  bn_momentum, weight decay, EMA decay, clipping), read from the recipe itself; for ours also its
-  trunk (``model.neck``; the seg head's channels, repeats, level and merge_levels).
+  bn_momentum, weight decay, EMA decay, clipping, backbone ``frozen_bn`` and ``freeze_steps``),
+  read from the recipe itself; for ours also its trunk (``model.neck``; the seg head's type,
+  channels, repeats, level, merge_levels and dropout).
 
 Runs are ``MODEL:pre|scratch[:SETTINGS]``. Learning curves (train loss, val mIoU of the EMA
 weights) and final metrics go to a JSON file and, with ``--write-results``, to a section of
@@ -47,7 +48,7 @@ from torch import nn
 from multitask_edet.datasets import build_dataset
 from multitask_edet.datasets.base import collate, normalize_images
 from multitask_edet.datasets.transforms import eval_transforms, train_transforms
-from multitask_edet.engine.finetune import set_bn_momentum
+from multitask_edet.engine.finetune import freeze_batch_norm, set_bn_momentum
 from multitask_edet.engine.param_groups import build_param_groups
 from multitask_edet.engine.schedule import build_scheduler
 from multitask_edet.models.backbone import backbone_input_stats
@@ -57,7 +58,7 @@ ENCODER = "tf_efficientnet_lite0"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Pretrained vs scratch"
 BEFORE = {"lr": 1e-3, "backbone_lr_mult": 1.0, "bn_momentum": None, "weight_decay": 4e-5, "ema_decay": 0.9998, "clip": 10.0,
-          "neck": {}, "seg": {}, "backbone": {}}
+          "frozen_bn": False, "freeze_steps": 0, "neck": {}, "seg": {}, "backbone": {}}
 
 
 def settings(name: str) -> dict:
@@ -69,9 +70,10 @@ def settings(name: str) -> dict:
     t = cfg.train
     return {"lr": t.lr, "backbone_lr_mult": t.lr_mult.get("backbone", 1.0), "bn_momentum": t.bn_momentum,
             "weight_decay": t.weight_decay, "ema_decay": t.ema_decay, "clip": t.clip_grad_norm,
+            "frozen_bn": "backbone" in (t.frozen_bn or ()), "freeze_steps": int((t.freeze_steps or {}).get("backbone", 0)),
             # the recipe's trunk (widths, repeats, merged levels) applies to our model (smp's decoder is smp's)
             "neck": dict(cfg.model.neck), "backbone": {},
-            "seg": {k: v for k, v in cfg.task_sections.get("seg", {}).items() if k in ("channels", "repeats", "level", "merge_levels")}}
+            "seg": {k: v for k, v in cfg.task_sections.get("seg", {}).items() if k in ("head", "channels", "repeats", "level", "merge_levels", "dropout")}}
 
 
 def apply_overrides(s: dict, items: list[str]) -> dict:
@@ -191,8 +193,13 @@ def train_one(spec: str, args, train, val, num_classes: int) -> dict:
     model = build_model(kind, num_classes, str(lite0_weights()) if init == "pre" else None, s)
     mean, std = backbone_input_stats(ENCODER)
     set_bn_momentum(model, s["bn_momentum"])
-    encoder = "net.backbone" if kind == "ours" else "net.encoder"
-    groups = build_param_groups(model, s["lr"], s["weight_decay"], lr_mult={encoder: s["backbone_lr_mult"]})
+    encoder = "net.backbone" if hasattr(model.net, "backbone") else "net.encoder"
+    if s["frozen_bn"]:
+        freeze_batch_norm(model, [encoder])
+    groups = build_param_groups(model, s["lr"], s["weight_decay"], lr_mult={encoder: s["backbone_lr_mult"]},
+                                own_groups=[encoder])
+    encoder_groups = [g for g in groups if g["name"].split("/")[0] == encoder]
+    held_bns = [m for m in model.get_submodule(encoder).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     opt = torch.optim.AdamW(groups, lr=s["lr"])
     sched = build_scheduler(opt, args.steps, args.warmup)
     ema = ModelEmaV3(model, decay=s["ema_decay"], use_warmup=True)
@@ -202,6 +209,11 @@ def train_one(spec: str, args, train, val, num_classes: int) -> dict:
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
         model.train()
+        if step <= s["freeze_steps"]:  # the encoder held still: rate 0, BN statistics frozen
+            for g in encoder_groups:
+                g["lr"] = 0.0
+            for m in held_bns:
+                m.eval()
         b = next(it)
         loss = sum(loss_fn(model(normalize_images(b["images"], mean, std)), b["seg"]).values())
         opt.zero_grad(set_to_none=True)
@@ -266,7 +278,8 @@ def main(argv=None) -> int:
     p.add_argument("--settings", default="finetune-seg", help="default settings of runs that name none: before | a recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of every run: lr, backbone_lr_mult, bn_momentum, weight_decay, ema_decay, "
-                   "clip, neck.*, seg.*, backbone.* (ours only: trunk widths, backbone.drop_path_rate)")
+                   "clip, frozen_bn (the encoder's BN in eval mode), freeze_steps (the encoder held still), "
+                   "neck.*, seg.*, backbone.* (ours only: trunk widths, seg.head, backbone.drop_path_rate)")
     p.add_argument("--runs", default="ours:pre:before,ours:pre,ours:scratch,smp-fpn:pre,smp-fpn:scratch,smp-deeplabv3plus:pre")
     p.add_argument("--precise-bn", type=int, default=0, metavar="N",
                    help="also score the EMA weights with BN statistics recomputed over N training batches")

