@@ -106,6 +106,9 @@ class AnchorGenerator:
     def __call__(self, image_size: tuple[int, int], device: torch.device | str = "cpu") -> torch.Tensor:
         """(N, 4) xyxy float32 anchors for an input of ``image_size`` (H, W) on ``device``."""
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            # "cuda" and "cuda:0" name one cache entry: a miss would copy host → device (a sync) again
+            device = torch.device("cuda", torch.cuda.current_device())
         key = (int(image_size[0]), int(image_size[1]), str(device))
         anchors = self._cache.get(key)
         if anchors is None:
