@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -81,5 +82,5 @@ def test_pretrained_vs_scratch_reads_the_recipe_and_holds_the_encoder(tmp_path, 
                  and not torch.equal(before[k], after[k])]
         assert still and all(torch.equal(before[k], after[k]) for k in still), kind  # weights and BN statistics
         assert moved, kind  # the decoder trained
-    rows = __import__("json").loads(out.read_text())["results"]
+    rows = json.loads(out.read_text())["results"]
     assert all(0.0 <= r["val_mIoU"] <= 1.0 for r in rows)
