@@ -40,6 +40,12 @@ class NeckConfig:
     max_level: int = 7
     #: "pytorch" = symmetric padding (fast); "same" = TF SAME (exact for TF-trained weights)
     padding: Literal["pytorch", "same"] = "pytorch"
+    #: the BiFPN layers' normalisation: "bn" (paper: BN after every 1×1 projection and node conv)
+    #: or "none" (those convs get a bias instead; the backbone's own P6/P7 projection keeps its BN)
+    norm: Literal["bn", "none"] = "bn"
+    #: false: every node is its weighted fusion alone (no SiLU → separable conv → BN), a linear
+    #: pyramid as in FPN's top-down path, and the heads do all the convolving
+    node_conv: bool = True
 
 
 @dataclass(frozen=True)

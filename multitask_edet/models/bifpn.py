@@ -7,6 +7,10 @@ Each node resizes its inputs to its level (nearest ×2 up, 3×3/2 max-pool down)
 input with another width by 1×1 conv + BN (only in the first layer, where the backbone's
 widths arrive), fuses them (§3.3: fast normalised, softmax or plain sum), then applies
 SiLU → depthwise-separable 3×3 conv → BN. Layers are repeated D times (Table 1).
+For short fine-tunes on a few images two departures from the paper help the pretrained
+features carry over (benchmarks/RESULTS.md, "Pretrained vs scratch"): ``norm="none"`` drops
+the BNs (projections and node convs get biases) and ``node_conv=False`` makes every node its
+weighted fusion alone, a linear pyramid like FPN's top-down path, leaving the convs to the heads.
 
 Everything is decided when the module is built (resampling, which fusion, which inputs),
 so ``forward`` is a fixed sequence of tensor ops: cheap in eager mode and one graph for
@@ -164,18 +168,23 @@ class FusionNode(nn.Module):
         channels: int,
         fusion: str,
         padding: str,
+        norm: bool = True,
+        conv: bool = True,
     ):
         super().__init__()
         self.offsets = tuple(inputs)
         self.inputs = nn.ModuleList(
-            resample(c, channels, lv, level, padding) for c, lv in zip(in_channels, in_levels)
+            resample(c, channels, lv, level, padding, norm) for c, lv in zip(in_channels, in_levels)
         )
         # A one-input node with nothing to do would hand back its input itself: never
         # activate that in place (it is another node's output).
         n = len(inputs)
         self.fuse = FUSIONS[fusion](n) if n > 1 else SumFusion(1)
-        self.act = SiLU(inplace=n > 1 or not isinstance(self.inputs[0], nn.Identity))
-        self.conv = SeparableConv2d(channels, channels, 3, padding=padding, norm=True, act=False)
+        if conv:
+            self.act = SiLU(inplace=n > 1 or not isinstance(self.inputs[0], nn.Identity))
+            self.conv = SeparableConv2d(channels, channels, 3, padding=padding, bias=not norm, norm=norm, act=False)
+        else:  # the node is its fusion: linear
+            self.act = self.conv = nn.Identity()
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = self.fuse([m(feats[i]) for i, m in zip(self.offsets, self.inputs)])
@@ -185,7 +194,7 @@ class FusionNode(nn.Module):
 class FpnLayer(nn.Module):
     """One pass of the topology: ``[P_min … P_max] → [P_min … P_max]`` at ``channels``."""
 
-    def __init__(self, nodes, levels, in_channels, channels, fusion, padding):
+    def __init__(self, nodes, levels, in_channels, channels, fusion, padding, norm=True, conv=True):
         super().__init__()
         levels, chans = list(levels), list(in_channels)
         self.nodes = nn.ModuleList()
@@ -199,6 +208,8 @@ class FpnLayer(nn.Module):
                     channels,
                     fusion,
                     padding,
+                    norm,
+                    conv,
                 )
             )
             levels.append(node.level)
@@ -224,10 +235,14 @@ class BiFPN(nn.Module):
         fusion: str = "fast",
         topology: str = "bifpn",
         padding: str = "pytorch",
+        norm: str = "bn",
+        node_conv: bool = True,
     ):
         super().__init__()
         if fusion not in FUSIONS:
             raise ConfigError(f"neck.fusion {fusion!r} is not one of {sorted(FUSIONS)}")
+        if norm not in ("bn", "none"):
+            raise ConfigError(f"neck.norm {norm!r} is not one of ['bn', 'none']")
         try:
             make_nodes = TOPOLOGIES.get(topology)
         except KeyError as e:
@@ -238,7 +253,7 @@ class BiFPN(nn.Module):
         self.layers = nn.ModuleList()
         chans = list(in_channels)
         for _ in range(repeats):
-            self.layers.append(FpnLayer(self.topology, self.levels, chans, channels, fusion, padding))
+            self.layers.append(FpnLayer(self.topology, self.levels, chans, channels, fusion, padding, norm == "bn", node_conv))
             chans = [channels] * len(self.levels)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

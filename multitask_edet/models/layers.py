@@ -87,12 +87,16 @@ class SeparableConv2d(nn.Sequential):
 
 
 class ConvBn(nn.Sequential):
-    """1×1 conv + BN: projects a feature map to another width (no activation, as in the paper)."""
+    """1×1 conv + BN: projects a feature map to another width (no activation, as in the paper).
 
-    def __init__(self, in_channels: int, out_channels: int):
+    ``norm=False``: the conv alone, with a bias (the BN's shift), under the same name.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-        self.bn = batch_norm(out_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=not norm)
+        if norm:
+            self.bn = batch_norm(out_channels)
 
 
 class Upsample(nn.Module):
@@ -135,15 +139,17 @@ def downsample(factor: int, padding: str = "pytorch") -> nn.Module:
     return create_pool2d("max", kernel_size=factor + 1, stride=factor, padding=timm_padding(padding))
 
 
-def resample(in_channels: int, out_channels: int, level_in: int, level_out: int, padding: str) -> nn.Module:
+def resample(
+    in_channels: int, out_channels: int, level_in: int, level_out: int, padding: str, norm: bool = True
+) -> nn.Module:
     """Bring a feature map from ``level_in`` to ``level_out`` at ``out_channels``.
 
     Projection first, then resizing (the reference order: the 1×1 conv runs at the input's
-    resolution), so converted weights give the same numbers.
+    resolution), so converted weights give the same numbers. ``norm``: BN after the projection.
     """
     parts: dict[str, nn.Module] = {}
     if in_channels != out_channels:
-        parts["proj"] = ConvBn(in_channels, out_channels)
+        parts["proj"] = ConvBn(in_channels, out_channels, norm)
     if level_out > level_in:
         parts["down"] = downsample(2 ** (level_out - level_in), padding)
     elif level_out < level_in:

@@ -135,7 +135,8 @@ class MultiTaskEfficientDet(
         fetch = initial_weights and (b.pretrained or b.weights)
         backbone = Backbone(b.name, min_level, max_level, width, n.padding, b.drop_path_rate,
                             b.weights if fetch else None, bool(fetch and b.pretrained), b.pretrained_tag)
-        neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding)
+        neck = BiFPN(backbone.levels, backbone.channels, width, n.repeats, n.fusion, n.topology, n.padding,
+                     n.norm, n.node_conv)
         names = {t: list(task.class_names) for t, task in task_objs.items() if task.class_names is not None}
         return cls(backbone, neck, heads, config=cfg, class_names=names)
 

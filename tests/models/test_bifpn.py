@@ -94,3 +94,38 @@ def test_neck_shapes(topology, fusion):
     # only the first layer projects (its inputs have the backbone's widths)
     projections = [n for n, _ in neck.named_modules() if n.endswith(".proj")]
     assert projections and all(n.startswith("layers.0.") for n in projections)
+
+
+def test_neck_without_norm_has_biases_instead_of_batchnorm():
+    levels, chans = (2, 3, 4), (24, 32, 48)
+    neck = BiFPN(levels, chans, 16, repeats=2, norm="none")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in neck.modules())
+    names = dict(neck.named_parameters())
+    # every conv that had a BN after it (projections, the separable convs' pointwise part) has a bias
+    assert "layers.0.nodes.0.inputs.0.proj.conv.bias" in names
+    assert "layers.1.nodes.0.conv.conv_pw.bias" in names
+    feats = [torch.randn(2, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate(chans)]
+    out = neck.eval()(feats)
+    # no batch statistics: an image's output does not depend on the rest of the batch
+    torch.testing.assert_close(neck([f[:1] for f in feats])[0], out[0][:1])
+    with pytest.raises(ConfigError, match="bn"):
+        BiFPN(levels, chans, 16, 1, norm="gn")
+
+
+def test_linear_nodes_are_their_weighted_fusion():
+    levels, chans = (3, 4), (16, 16)
+    neck = BiFPN(levels, chans, 16, repeats=1, node_conv=False)
+    with torch.no_grad():
+        for node in neck.layers[0].nodes:
+            node.fuse.weight.copy_(torch.tensor([3.0, 1.0, 2.0][: node.fuse.weight.numel()]))
+    p3, p4 = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 4, 4)
+    eps = FastFusion.eps
+    up = torch.nn.functional.interpolate
+    # top-down P3 = (3·P3 + 1·up(P4)) / 4; bottom-up P4 = (3·P4 + 1·pool(P3 out)) / 4
+    p3_out = (3 * p3 + up(p4, scale_factor=2.0, mode="nearest")) / (4 + eps)
+    pooled = neck.layers[0].nodes[1].inputs[1](p3_out)  # the max-pool resampling (tested with the model)
+    p4_out = (3 * p4 + pooled) / (4 + eps)
+    out = neck([p3, p4])
+    torch.testing.assert_close(out[0], p3_out)
+    torch.testing.assert_close(out[1], p4_out)
+    assert sum(p.numel() for p in neck.parameters()) == 2 + 2  # the fusion weights only
