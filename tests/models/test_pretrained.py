@@ -139,6 +139,7 @@ def test_real_recipes_start_from_pretrained_weights_demo_and_smoke_do_not():
             assert pretrained is True and cfg.train.bn_momentum == 0.1 and cfg.train.lr_mult == {"backbone": 0.1}
             # few fresh layers on the pretrained features (benchmarks/RESULTS.md, "Pretrained vs scratch")
             assert cfg.model.neck["repeats"] == 1
+            assert cfg.model.neck["norm"] == "none" and cfg.model.neck["node_conv"] is False
             seg = cfg.task_sections["seg"]
             assert seg["head"] == "semantic-fpn" and seg["merge_levels"] == [3, 4, 5] and seg["dropout"] == 0.2
         elif name.startswith(("demo-", "smoke-")):
