@@ -253,7 +253,9 @@ class BiFPN(nn.Module):
         self.layers = nn.ModuleList()
         chans = list(in_channels)
         for _ in range(repeats):
-            self.layers.append(FpnLayer(self.topology, self.levels, chans, channels, fusion, padding, norm == "bn", node_conv))
+            self.layers.append(
+                FpnLayer(self.topology, self.levels, chans, channels, fusion, padding, norm == "bn", node_conv)
+            )
             chans = [channels] * len(self.levels)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
